@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast demo demo-model demo-data demo-eval-base demo-sft demo-rl demo-vote bench lint clean
+.PHONY: install test test-fast demo demo-model demo-data demo-eval-base demo-sft demo-rl demo-vote demo-report bench ablation-stability lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,11 +60,24 @@ demo-vote: demo-rl
 	$(R1RM) eval --recipe recipes/tiny/vote.yaml data.eval=[$(DEMO)/data/eval.jsonl] model.path=$(DEMO)/rl/model output_dir=$(DEMO)/vote
 	$(R1RM) vote --recipe recipes/tiny/vote.yaml output_dir=$(DEMO)/vote
 
-demo: demo-vote
+# the before/after table (out/demo/report.md) and training curves (out/demo/curves.png)
+demo-report: demo-vote
+	$(PY) scripts/demo_report.py $(DEMO)
+
+demo: demo-report
 
 bench: install
 	$(PY) bench/eval_speed.py
 	$(PY) bench/sft_speed.py
+	# TRL is a benchmark-only dependency (its GRPOTrainer is the baseline of bench/rl_vs_trl.py)
+	$(PY) -c "import trl" 2>/dev/null || $(PY) -m pip install -q "trl>=1.0"
+	$(PY) bench/rl_vs_trl.py
+
+# R1-Reward Table 6 in miniature: reinforce_pp / no filter / no Pre-CLIP / stable_reinforce under stress,
+# from the demo's SFT checkpoint (run `make demo` first)
+ablation-stability: install
+	$(PY) scripts/ablation_stability.py --recipe recipes/tiny/ablation_stability.yaml model.path=$(DEMO)/sft/model \
+	  data.train=[$(DEMO)/data/train.jsonl] data.eval=[$(DEMO)/data/eval.jsonl] output_dir=out/ablation/stability
 
 lint: install
 	$(VENV)/bin/ruff check r1rm tests

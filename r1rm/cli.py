@@ -137,11 +137,12 @@ def check_data(
     image_root: Annotated[Path | None, typer.Option(help="Folder media paths resolve against (default: each file's folder).")] = None,
     check_media: Annotated[bool, typer.Option("--check-media/--no-check-media", help="Open every image and frame.")] = True,
     rejects: Annotated[Path | None, typer.Option(help="Write bad lines with file:line and reason to this JSONL.")] = None,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images above 64x this many pixels (decompression-bomb guard).")] = 501760,
 ) -> None:
     """Validate canonical JSONL files: every line, every media file; exit 2 if any line is bad."""
     from r1rm.commands import check_data as cmd
 
-    cmd.run(files, image_root=image_root, check_media=check_media, rejects_path=rejects)
+    cmd.run(files, image_root=image_root, check_media=check_media, rejects_path=rejects, max_pixels=max_pixels)
 
 
 @app.command("config-schema")

@@ -186,6 +186,10 @@ class RLConfig(OptimConfig):
     eval_every_steps: int = Field(0, ge=0, description="Held-out eval (data.eval, both orders, greedy) interval; 0 disables.")
     eval_limit: int | None = Field(None, ge=1, description="Held-out items used by the periodic eval (None: all).")
     shuffle: bool = Field(True, description="Shuffle prompts each epoch; false keeps file order (curriculum).")
+    both_orders: bool = Field(
+        False, description="Roll every item out as given and swapped in the same batch: label-balanced batches, "
+        "no net push toward one position (2*n samples per item)."
+    )
     rollout_engine: Literal["hf", "vllm"] = Field(
         "hf", description="Rollouts: hf generate on the training model, or colocated vLLM with weights pushed each step."
     )
@@ -193,12 +197,18 @@ class RLConfig(OptimConfig):
         0.05, gt=0, description="vLLM: largest mean |logp gap| between trainer and engine after a weight push."
     )
 
+    @property
+    def samples_per_item(self) -> int:
+        """Responses sampled per RL item in a rollout: n, twice that with both_orders."""
+        return self.n_samples_per_prompt * (2 if self.both_orders else 1)
+
     @model_validator(mode="after")
     def _batches(self) -> RLConfig:
-        samples = self.rollout_batch_size * self.n_samples_per_prompt
+        samples = self.rollout_batch_size * self.samples_per_item
         if samples % self.train_batch_size:
+            what = "rollout_batch_size*n_samples_per_prompt" + ("*2 (both_orders)" if self.both_orders else "")
             raise ValueError(
-                f"rollout_batch_size*n_samples_per_prompt ({samples}) is not divisible by train_batch_size "
+                f"{what} ({samples}) is not divisible by train_batch_size "
                 f"({self.train_batch_size}); make train_batch_size a divisor of it"
             )
         if self.algorithm == "grpo" and self.n_samples_per_prompt < 2:

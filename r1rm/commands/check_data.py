@@ -23,22 +23,24 @@ from r1rm.data.records import (
 from r1rm.errors import DataError
 
 
-def check_record_media(rec: Record, root: Path) -> None:
-    """Open every image / frame the record refers to; raise RowError on the first bad one."""
+def check_record_media(rec: Record, root: Path, max_pixels: int | None = None) -> None:
+    """Open every image / frame the record refers to; raise RowError on the first bad one
+    (an image above 64 x `max_pixels` pixels is refused before it is decoded)."""
     for p in rec.images:
-        check_image(resolve_path(p, root))
+        check_image(resolve_path(p, root), max_pixels=max_pixels)
     if rec.video:
         for frame in resolve_video(rec.video, root, max_frames=10**9):
-            check_image(frame)
+            check_image(frame, max_pixels=max_pixels)
     for r in (rec.response1, rec.response2):
         if r.kind == "image":
-            check_image(resolve_path(r.visual, root))
+            check_image(resolve_path(r.visual, root), max_pixels=max_pixels)
         elif r.kind == "video":
             for frame in resolve_video(r.visual, root, max_frames=10**9):
-                check_image(frame)
+                check_image(frame, max_pixels=max_pixels)
 
 
-def run(files: list[Path], *, image_root: Path | None, check_media: bool = True, rejects_path: Path | None = None) -> dict:
+def run(files: list[Path], *, image_root: Path | None, check_media: bool = True, rejects_path: Path | None = None,
+        max_pixels: int | None = None) -> dict:
     from rich.console import Console
     from rich.table import Table
 
@@ -59,7 +61,7 @@ def run(files: list[Path], *, image_root: Path | None, check_media: bool = True,
         for line, rec in read_numbered_records(f, image_root=root, rejects=mine):
             if check_media:
                 try:
-                    check_record_media(rec, root)
+                    check_record_media(rec, root, max_pixels)
                 except RowError as e:
                     mine.append(Reject(str(f), line, e.reason, str(e), rec.uid))
                     continue

@@ -161,7 +161,7 @@ def run(cfg: Config) -> dict:
         raise DataError(f"{len(items)} RL prompts are fewer than one rollout batch of {rc.rollout_batch_size}",
                         fix="lower rl.rollout_batch_size or add data")
     total_rollouts = rc.max_steps or math.ceil(rc.epochs * steps_per_epoch)
-    updates_per_rollout = (rc.rollout_batch_size * n // rc.train_batch_size) * rc.ppo_epochs
+    updates_per_rollout = (rc.rollout_batch_size * rc.samples_per_item // rc.train_batch_size) * rc.ppo_epochs
     total_updates = total_rollouts * updates_per_rollout
     scheduler = LambdaLR(optimizer, lambda s: lr_multiplier(s, total_steps=total_updates,
                                                             warmup_steps=int(rc.warmup_ratio * total_updates),
@@ -201,11 +201,14 @@ def run(cfg: Config) -> dict:
             mine = order[b * rc.rollout_batch_size:(b + 1) * rc.rollout_batch_size][acc.process_index::acc.num_processes]
 
             # ---- 1. rollouts
-            t0 = time.perf_counter()
+            t0 = t_step = time.perf_counter()
             prompts, requests, keep = [], [], []
-            for i in mine:
+            # each item as given, and with rl.both_orders also swapped (label follows) in the same batch
+            shown = [(i, rec) for i in mine for rec in ((items[i].rec, items[i].rec.swapped()) if rc.both_orders
+                                                         else (items[i].rec,))]
+            for i, rec in shown:
                 it = items[i]
-                msgs = record_messages(it.rec, prompt=cfg.data.prompt, image_root=it.root,
+                msgs = record_messages(rec, prompt=cfg.data.prompt, image_root=it.root,
                                        video_max_frames=cfg.model.video_max_frames)
                 enc = encode_prompt(processor, msgs)
                 ok = enc["input_ids"].shape[1] <= rc.max_prompt_len
@@ -216,15 +219,17 @@ def run(cfg: Config) -> dict:
                     requests.append(Request(msgs))
             sampling = SamplingParams(max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, n=n,
                                       seed=cfg.seed * 100_003 + step * 131 + acc.process_index)
+            t_gen = time.perf_counter()
             if vllm_engine is not None:
                 results = vllm_engine.generate(requests, sampling)
             else:
                 engine = HFEngine(acc.unwrap_model(model), processor, batch_size=cfg.engine.batch_size)
                 with gathered_for_generation(acc, model):
                     results = engine.generate(requests, sampling)
+            t_gen = time.perf_counter() - t_gen
             res_iter = iter(results)
             seqs, texts, labels, task_types, valid = [], [], [], [], []
-            for i, enc, ok in zip(mine, prompts, keep, strict=True):
+            for (i, rec), enc, ok in zip(shown, prompts, keep, strict=True):
                 samples = next(res_iter) if ok else [None] * n
                 for s in samples:
                     if s is None:  # a prompt over max_prompt_len: a masked placeholder keeps processes in step
@@ -242,8 +247,8 @@ def run(cfg: Config) -> dict:
                             seqs.append(build_sequence(enc, [eos_id]))
                             texts.append("")
                             valid.append(0.0)
-                    labels.append(items[i].rec.label)
-                    task_types.append(items[i].rec.task_type)
+                    labels.append(rec.label)
+                    task_types.append(rec.task_type)
             t_rollout = time.perf_counter() - t0
 
             # ---- 2. rewards
@@ -289,6 +294,7 @@ def run(cfg: Config) -> dict:
             kl = kl_estimate(old, refs, kind=rc.kl_estimator) * mask if refs is not None else None
 
             # ---- 4. advantages
+            t_adv = time.perf_counter()
             reward_t = torch.tensor(totals, device=acc.device)
             raw = raw_advantages(rc.algorithm, reward_t, mask, kl=kl if rc.kl_in == "reward" else None,
                                  kl_coef=rc.kl_coef, group_size=n, scale_std=rc.grpo_scale_std)
@@ -298,6 +304,7 @@ def run(cfg: Config) -> dict:
             rsum, rcount = reduce_sum([sum(totals), sum(valid)])
             adv, dropped = finish_advantages(rc.algorithm, raw, mask, mean=mean, std=std, adv_filter=adv_filter,
                                              sigma=rc.adv_filter_sigma, raw_reward_mean=rsum / max(rcount, 1.0))
+            t_adv = time.perf_counter() - t_adv
 
             # ---- 5. policy updates
             stats = {"clip_frac": 0.0, "ratio_max": 0.0, "loss_token_max": 0.0, "approx_kl": 0.0, "entropy": 0.0, "loss": 0.0,
@@ -351,6 +358,7 @@ def run(cfg: Config) -> dict:
                 push_and_check(vllm_engine, acc, model, [requests[j] for j in range(len(ok_idx))],
                                [prompts[k] for k in ok_idx], pad_id=tok.pad_token_id, tol=rc.logprob_check_tol)
             t_train = time.perf_counter() - t0
+            t_step = time.perf_counter() - t_step
             step += 1
 
             # ---- 6. metrics, eval, checkpoints
@@ -358,14 +366,15 @@ def run(cfg: Config) -> dict:
             parsed = sum(1 for t, v in zip(texts, valid, strict=True) if v and extract_answer(t, allow_fallback=False).choice)
             local = [sum(totals), sum(fmt), sum(res), sum(cons), sum(typ), n_valid, float(parsed),
                      float(mask.sum()), float(dropped.sum()), float(kl.sum()) if kl is not None else 0.0,
-                     stats["clip_frac"], stats["approx_kl"], stats["entropy"], float(max(stats["micro"], 1)), stats["loss"]]
+                     stats["clip_frac"], stats["approx_kl"], stats["entropy"], float(max(stats["micro"], 1)), stats["loss"],
+                     float(sum(v for v, lab in zip(valid, labels, strict=True) if lab == 1))]
             g_ = reduce_sum(local)
             nv, nt, nm = g_[5], max(g_[7], 1.0), g_[13]
             metrics = {
                 "reward": g_[0] / nv, "reward_format": g_[1] / nv, "reward_result": g_[2] / nv,
                 "reward_consistency": g_[3] / nv, "reward_type": g_[4] / nv, "accuracy": g_[2] / nv,
                 "parse_fail_rate": 1.0 - g_[6] / nv, "response_length": g_[7] / nv,
-                "adv_filtered": g_[8] / nt, "kl_ref": g_[9] / nt if kl is not None else None,
+                "rollout_samples": int(g_[5]), "label1_share": g_[15] / nv, "adv_filtered": g_[8] / nt, "kl_ref": g_[9] / nt if kl is not None else None,
                 "clip_frac": g_[10] / nm, "approx_kl": g_[11] / nm, "entropy": g_[12] / nm, "loss": g_[14] / acc.num_processes,
                 "ratio_max": float(acc.reduce(torch.tensor(stats["ratio_max"], device=acc.device), reduction="max"))
                 if acc.num_processes > 1 else stats["ratio_max"],
@@ -373,7 +382,9 @@ def run(cfg: Config) -> dict:
                 if acc.num_processes > 1 else stats["loss_token_max"],
                 "grad_norm": None if grad_norm is None else float(grad_norm), "lr": scheduler.get_last_lr()[0],
                 "judge_failures": judge_stats.failures, "time_rollout_s": t_rollout, "time_reward_s": t_reward,
-                "time_train_s": t_train, **counters,
+                "time_train_s": t_train, "time_generate_s": t_gen, "step_time_s": t_step,
+                # everything but generate / forward / backward / optimizer: prompt encoding, rewards, advantages
+                "time_overhead_s": (t_rollout - t_gen) + t_reward + t_adv, **counters,
             }
             if rc.eval_every_steps and cfg.data.eval and (step % rc.eval_every_steps == 0 or step == total_rollouts):
                 last_eval = held_out_eval(cfg, acc, model, processor, step=step)

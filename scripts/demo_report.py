@@ -1,0 +1,66 @@
+"""The demo's before/after table and training curves, from the files `make demo` wrote.
+
+    python scripts/demo_report.py out/demo
+
+Prints a table of held-out accuracy (chosen-first, chosen-second, both-orders mean and
+strict, parse failures) for the untrained, SFT and RL models, the voting summary, and writes
+<demo>/report.md and <demo>/curves.png (SFT loss; RL reward and held-out strict accuracy).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+STAGES = (("untrained", "eval_base"), ("after SFT", "eval_sft"), ("after SFT + RL", "eval_rl"))
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def main(demo: Path) -> int:
+    lines = ["| model | chosen first | chosen second | both-orders mean | both-orders strict | parse failures |",
+             "|---|---|---|---|---|---|"]
+    for name, sub in STAGES:
+        f = demo / sub / "metrics.json"
+        if not f.is_file():
+            print(f"missing {f}: run `make demo` first", file=sys.stderr)
+            return 2
+        m = json.loads(f.read_text())
+        a = {k: v["overall"] for k, v in m["accuracy"].items()}
+        lines.append(f"| {name} | {a['chosen_first']:.1%} | {a['chosen_second']:.1%} | {a['both_orders_mean']:.1%} | "
+                     f"{a['both_orders_strict']:.1%} | {m['parse_fail_rate']:.1%} |")
+    votes = demo / "vote" / "votes.json"
+    if votes.is_file():
+        lines += ["", f"voting: `{votes}` (plot: `{demo / 'vote' / 'votes.png'}`)"]
+    report = "\n".join(lines) + "\n"
+    (demo / "report.md").write_text(report)
+    print(report)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sft, rl = rows(demo / "sft" / "metrics.jsonl"), rows(demo / "rl" / "metrics.jsonl")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot([r["step"] for r in sft], [r["loss"] for r in sft])
+    a.set_yscale("log")
+    a.set_xlabel("SFT step")
+    a.set_ylabel("loss (per supervised token)")
+    b.plot([r["step"] for r in rl], [r["reward"] for r in rl], label="rollout reward (0..2)")
+    start = json.loads((demo / "eval_sft" / "metrics.json").read_text())["accuracy"]["both_orders_strict"]["overall"]
+    ev = [{"step": 0, "eval/both_orders_strict": start}] + [r for r in rl if "eval/both_orders_strict" in r]
+    b.plot([r["step"] for r in ev], [r["eval/both_orders_strict"] for r in ev], "o-", label="held-out strict accuracy")
+    b.set_xlabel("RL step")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(demo / "curves.png", dpi=120)
+    print(f"wrote {demo / 'report.md'} and {demo / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "out/demo")))
