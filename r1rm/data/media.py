@@ -31,6 +31,8 @@ def check_image(path: Path, *, max_pixels: int | None = None) -> tuple[int, int]
             im.load()
     except RowError:
         raise
+    except Image.DecompressionBombError as e:  # PIL's own guard fires in open() for the largest claims
+        raise RowError("image_too_large", f"image '{path}' is far too large to decode ({e})") from None
     except Exception as e:  # PIL raises many types for broken files
         raise RowError("corrupt_image", f"image '{path}' cannot be decoded ({type(e).__name__}: {e})") from None
     if w == 0 or h == 0:

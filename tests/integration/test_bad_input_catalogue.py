@@ -136,7 +136,7 @@ CONFIG_CASES = [
     ("recipe_inherit_missing", "inherit: nowhere.yaml\n", [], ["nowhere.yaml"]),
     ("negative_batch_size", None, ["sft.batch_size=-8"], ["sft.batch_size"]),
     ("batch_not_divisible_by_micro", None, ["sft.batch_size=8", "sft.micro_batch_size=3"], ["micro_batch_size"]),
-    ("override_unknown_key", None, ["sft.learning_rate=1e-5"], ["sft.learning_rate", "sft.lr"]),
+    ("override_unknown_key", None, ["sft.learning_rate=1e-5"], ["sft.learning_rate", "valid keys under sft"]),
     ("override_without_value", None, ["sft.lr"], ["sft.lr", "key=value"]),
     ("unknown_benchmark_name", None, ["eval.benchmark=vl-rewardbenh"], ["eval.benchmark", "vl-rewardbench"]),
     ("min_pixels_above_max", None, ["model.min_pixels=9999999"], ["min_pixels"]),
