@@ -68,16 +68,16 @@ class ModelConfig(Section):
 class SyntheticConfig(Section):
     n: int = Field(200, ge=1, description="Training examples to generate (train.jsonl).")
     n_eval: int = Field(100, ge=0, description="Held-out examples (eval.jsonl, drawn with seed + 1000).")
-    levels: list[int] = Field(default_factory=lambda: [1], description="Difficulty levels (1-5) mixed evenly.")
+    levels: list[int] = Field(default_factory=lambda: [1], description="Difficulty levels (1-5; 6 = image-generation pairs) mixed evenly.")
     modality: Literal["image", "caption", "text"] = Field("image", description="How the scene is shown to the judge.")
     image_size: int = Field(112, ge=28, description="Rendered image side in pixels.")
     seed: int | None = Field(None, description="Generator seed; None uses the top-level seed.")
 
     @model_validator(mode="after")
     def _levels(self) -> SyntheticConfig:
-        bad = [lv for lv in self.levels if lv not in range(1, 6)]
+        bad = [lv for lv in self.levels if lv not in range(1, 7)]
         if bad or not self.levels:
-            raise ValueError(f"levels must be a non-empty list of integers 1-5, got {self.levels}")
+            raise ValueError(f"levels must be a non-empty list of integers 1-6, got {self.levels}")
         return self
 
 
@@ -238,8 +238,9 @@ class JudgeConfig(Section):
 
 
 class EvalConfig(Section):
-    benchmark: Literal["vl-rewardbench", "multimodal-rewardbench", "mm-rlhf-rewardbench", "canonical"] = Field(
-        "canonical", description="Benchmark format of eval.path."
+    benchmark: Literal["vl-rewardbench", "multimodal-rewardbench", "mm-rlhf-rewardbench", "genai-bench", "canonical"] = Field(
+        "canonical", description="Benchmark format of eval.path (genai-bench: image/video generation pairs; ties and "
+        "both-bad votes counted, not scored)."
     )
     path: str | None = Field(None, description="Benchmark file; default: data.eval.")
     image_root: str | None = Field(None, description="Folder the benchmark's image paths resolve against.")
@@ -279,7 +280,8 @@ SOURCE_FORMATS = (
 class SourceConfig(Section):
     name: str = Field(description="Source name: written to each record's `source`; counts and label balance are per source.")
     format: Literal[
-        "canonical", "jsonl", "parquet", "hf_disk", "mm-rlhf", "vl-rewardbench", "r1reward-rl", "text_pref", "synthetic"
+        "canonical", "jsonl", "parquet", "hf_disk", "mm-rlhf", "vl-rewardbench", "r1reward-rl", "text_pref", "genai",
+        "synthetic"
     ] = Field(description="Row layout of the files (see README, `r1rm build-data`).")
     path: str | list[str] | None = Field(
         None, description="File(s) or folder(s): jsonl/json, parquet (or a folder of them), a datasets.save_to_disk folder, "
@@ -302,7 +304,7 @@ class SourceConfig(Section):
     )
     split: str | None = Field(None, description="hf_disk: the split of a saved DatasetDict; default: its only split.")
     n: int = Field(200, ge=1, description="synthetic: examples to generate.")
-    levels: list[int] = Field(default_factory=lambda: [1], description="synthetic: difficulty levels (1-5) mixed evenly.")
+    levels: list[int] = Field(default_factory=lambda: [1], description="synthetic: difficulty levels (1-5; 6 = image-generation pairs) mixed evenly.")
     modality: Literal["image", "caption", "text"] = Field("image", description="synthetic: how the scene is shown.")
     image_size: int = Field(112, ge=28, description="synthetic: rendered image side in pixels.")
     seed: int | None = Field(None, description="synthetic: generator seed; None uses the top-level seed.")
@@ -311,8 +313,8 @@ class SourceConfig(Section):
     def _path(self) -> SourceConfig:
         if self.format != "synthetic" and not self.path:
             raise ValueError(f"source '{self.name}' (format {self.format}) needs a path; set path: FILE or [FILES]")
-        if self.format == "synthetic" and any(lv not in range(1, 6) for lv in self.levels):
-            raise ValueError(f"source '{self.name}': levels must be integers 1-5, got {self.levels}")
+        if self.format == "synthetic" and any(lv not in range(1, 7) for lv in self.levels):
+            raise ValueError(f"source '{self.name}': levels must be integers 1-6, got {self.levels}")
         return self
 
 

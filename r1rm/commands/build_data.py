@@ -202,7 +202,7 @@ def _clean(cfg: Config, out: Path, key: str, bar) -> tuple[dict, list[dict]]:
     shown: dict[str, list[Reject]] = {}
     entries: list[list[tuple[int, int | None]]] = [[] for _ in b.sources]
     stats = {s.name: {"format": s.format, "role": s.role, "read": 0, "kept": 0, "rejected": 0, "rejects_by_reason": Counter(),
-                      "duplicates": 0, "ties_dropped": 0} for s in b.sources}
+                      "duplicates": 0, "ties_dropped": 0, "both_bad_dropped": 0} for s in b.sources}
     seen: dict[str, str] = {}
     uids: set[str] = set()
     caption_jobs: dict[int, list[tuple[str, str]]] = {}  # spool offset → [(slot, job key)]
@@ -213,7 +213,7 @@ def _clean(cfg: Config, out: Path, key: str, bar) -> tuple[dict, list[dict]]:
         r = Reject(sr.file, sr.line, reason, message, sr.raw)
         rejects_f.write(json.dumps({"source": name, **r.to_json()}, ensure_ascii=False) + "\n")
         shown.setdefault(name, [])
-        if len(shown[name]) < 10 and reason not in ("duplicate", "tie"):
+        if len(shown[name]) < 10 and reason not in ("duplicate", "tie", "both_bad"):
             shown[name].append(r)
 
     for i, src in enumerate(b.sources):
@@ -231,8 +231,8 @@ def _clean(cfg: Config, out: Path, key: str, bar) -> tuple[dict, list[dict]]:
                 if rec.uid in uids:
                     raise RowError("duplicate_uid", f"uid '{rec.uid}' is already used by another kept record")
             except RowError as e:
-                if e.reason == "tie":
-                    st["ties_dropped"] += 1
+                if e.reason in ("tie", "both_bad"):  # no better response: dropped and counted, not an error
+                    st["ties_dropped" if e.reason == "tie" else "both_bad_dropped"] += 1
                 else:
                     st["rejected"] += 1
                     st["rejects_by_reason"][e.reason] += 1
@@ -316,6 +316,7 @@ def _clean(cfg: Config, out: Path, key: str, bar) -> tuple[dict, list[dict]]:
                 rec = _to_caption(rec, caption_jobs.get(offset, []), captions)
             if offset in plan.swap:
                 rec = swap_record(rec)
+            rec = _name_outputs(rec)
             counts["label"][str(rec.label)] += 1
             counts["source"][rec.source] += 1
             counts["category"][str(rec.category)] += 1
@@ -350,6 +351,7 @@ def _clean(cfg: Config, out: Path, key: str, bar) -> tuple[dict, list[dict]]:
         "rejects_by_reason": dict(sorted(total_reasons.items())),
         "duplicates": sum(st["duplicates"] for st in stats.values()),
         "ties_dropped": sum(st["ties_dropped"] for st in stats.values()),
+        "both_bad_dropped": sum(st["both_bad_dropped"] for st in stats.values()),
         "images": {"placed": media.stats.placed, "resized": media.stats.resized, "resize_images": b.resize_images,
                    "max_pixels": cfg.model.max_pixels, "min_pixels": cfg.model.min_pixels, "factor": b.resize_factor},
         "clean_key": key,
@@ -440,10 +442,25 @@ def _to_caption(rec, jobs: list[tuple[str, str]], captions: dict[str, str]):
     changes: dict = {}
     if rec.modality in ("image", "video"):
         changes.update(modality="caption", caption=by_slot.get("context", rec.caption), task_type=rec.task_type)
+    kinds = {rec.response1.kind, rec.response2.kind}
     for slot in ("response1", "response2"):
         if slot in by_slot:
             changes[slot] = Response("text", text=by_slot[slot])
+    if "response1" in by_slot and "response2" in by_slot:  # generated outputs, described one by one
+        changes["meta"] = {**rec.meta, "described_outputs": "Video" if "video" in kinds else "Image"}
     return dataclasses.replace(rec, **changes)
+
+
+def _name_outputs(rec):
+    """Described generated outputs read "Image A: …" / "Image B: …" in their final order."""
+    from r1rm.data.records import Response
+
+    noun = rec.meta.get("described_outputs")
+    if not noun or rec.response1.kind != "text":
+        return rec
+    meta = {k: v for k, v in rec.meta.items() if k != "described_outputs"}
+    return dataclasses.replace(rec, response1=Response("text", text=f"{noun} A: {rec.response1.text}"),
+                               response2=Response("text", text=f"{noun} B: {rec.response2.text}"), meta=meta)
 
 
 # ---------------------------------------------------------------- shard records
@@ -507,7 +524,7 @@ def _teacher(cfg: Config, out: Path, manifest: dict, bar) -> tuple[dict, list[di
         for chunk in _chunks(_shard_records(out, manifest), _chunk_size(cfg, b.chunk_size)):
             labelled = [r for r in chunk if r.label is not None]
             stats["unlabelled_skipped"] += len(chunk) - len(labelled)
-            messages = {r.uid: record_messages(r, prompt=prompt, image_root=out, video_max_frames=cfg.model.video_max_frames)
+            messages = {r.uid: record_messages(r, prompt=prompt, image_root=out, video_max_frames=cfg.model.video_max_frames, max_pixels=cfg.model.max_pixels)
                         for r in labelled}
             attempts: dict[str, list[dict]] = {r.uid: [] for r in labelled}
             failed: dict[str, str] = {}
@@ -601,7 +618,7 @@ def _cmkd(cfg: Config, out: Path, manifest: dict, bar) -> tuple[dict, list[dict]
             jobs = []
             for r in chunk:
                 as_caption = dataclasses.replace(r, modality="caption")
-                msgs = record_messages(as_caption, prompt="msrl", image_root=out, video_max_frames=cfg.model.video_max_frames)
+                msgs = record_messages(as_caption, prompt="msrl", image_root=out, video_max_frames=cfg.model.video_max_frames, max_pixels=cfg.model.max_pixels)
                 jobs.append((request_key(msgs, params, _engine_id(cfg), purpose="cmkd"), msgs))
             results, errors, calls = generate_cached(engine, cache, jobs, params, info={"purpose": "cmkd"})
             n_calls += calls

@@ -208,7 +208,7 @@ def run(cfg: Config, *, from_generations: str | os.PathLike | None = None) -> di
                 part = todo[start : start + chunk]
                 requests = [
                     Request(record_messages(oriented(rec, order), prompt=cfg.data.prompt, image_root=root,
-                                            video_max_frames=cfg.model.video_max_frames), key=i)
+                                            video_max_frames=cfg.model.video_max_frames, max_pixels=cfg.model.max_pixels), key=i)
                     for i, (rec, order, _) in enumerate(part)
                 ]
                 results = engine.generate(requests, params)

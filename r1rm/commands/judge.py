@@ -186,10 +186,10 @@ def run(cfg: Config) -> Path:
                 for rec in recs:
                     try:
                         requests.append(Request(record_messages(rec, prompt=cfg.data.prompt, image_root=root,
-                                                                video_max_frames=cfg.model.video_max_frames)))
+                                                                video_max_frames=cfg.model.video_max_frames, max_pixels=cfg.model.max_pixels)))
                         if cfg.judge.both_orders:
                             requests.append(Request(record_messages(rec.swapped(), prompt=cfg.data.prompt, image_root=root,
-                                                                    video_max_frames=cfg.model.video_max_frames)))
+                                                                    video_max_frames=cfg.model.video_max_frames, max_pixels=cfg.model.max_pixels)))
                     except RowError as e:
                         raise DataError(str(e), where=f"{path}", fix="check the item's media paths") from None
             results = iter(engine.generate(requests, params))

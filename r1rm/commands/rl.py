@@ -82,7 +82,7 @@ def held_out_eval(cfg: Config, acc, model, processor, *, step: int) -> dict:
         for order in ("chosen_first", "chosen_second"):
             rec = oriented(it.rec, order)
             reqs.append(Request(record_messages(rec, prompt=cfg.data.prompt, image_root=it.root,
-                                                video_max_frames=cfg.model.video_max_frames)))
+                                                video_max_frames=cfg.model.video_max_frames, max_pixels=cfg.model.max_pixels)))
             meta.append((it.rec, order))
     params = SamplingParams(max_new_tokens=cfg.rl.max_new_tokens, temperature=0.0)
     with gathered_for_generation(acc, model):
@@ -209,7 +209,7 @@ def run(cfg: Config) -> dict:
             for i, rec in shown:
                 it = items[i]
                 msgs = record_messages(rec, prompt=cfg.data.prompt, image_root=it.root,
-                                       video_max_frames=cfg.model.video_max_frames)
+                                       video_max_frames=cfg.model.video_max_frames, max_pixels=cfg.model.max_pixels)
                 enc = encode_prompt(processor, msgs)
                 ok = enc["input_ids"].shape[1] <= rc.max_prompt_len
                 counters["skipped_long_prompts"] += 0 if ok else 1
@@ -229,7 +229,7 @@ def run(cfg: Config) -> dict:
             t_gen = time.perf_counter() - t_gen
             res_iter = iter(results)
             seqs, texts, labels, task_types, valid = [], [], [], [], []
-            for (i, rec), enc, ok in zip(shown, prompts, keep, strict=True):
+            for (_i, rec), enc, ok in zip(shown, prompts, keep, strict=True):
                 samples = next(res_iter) if ok else [None] * n
                 for s in samples:
                     if s is None:  # a prompt over max_prompt_len: a masked placeholder keeps processes in step

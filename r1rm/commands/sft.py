@@ -103,7 +103,7 @@ def run(cfg: Config) -> dict:
     def encode(i: int):
         it = items[i]
         msgs = record_messages(it.rec, prompt=cfg.data.prompt, image_root=it.root,
-                               video_max_frames=cfg.model.video_max_frames)
+                               video_max_frames=cfg.model.video_max_frames, max_pixels=cfg.model.max_pixels)
         try:
             return encode_sft(processor, msgs, it.target, max_len=sc.max_seq_len)
         except TooLong as e:

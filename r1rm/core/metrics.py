@@ -40,7 +40,7 @@ from statistics import fmean
 from typing import Any
 
 ORDERS = ("chosen_first", "chosen_second")
-BENCHMARKS = ("vl-rewardbench", "multimodal-rewardbench", "mm-rlhf-rewardbench", "canonical")
+BENCHMARKS = ("vl-rewardbench", "multimodal-rewardbench", "mm-rlhf-rewardbench", "genai-bench", "canonical")
 VL_REWARDBENCH_CATEGORIES = ("general", "hallucination", "reasoning")
 MMRB_COLUMNS = ("correctness", "preference", "knowledge", "math", "coding", "safety", "vqa")
 UNCATEGORIZED = "uncategorized"

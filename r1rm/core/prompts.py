@@ -95,6 +95,55 @@ def msrl_text(
     )
 
 
+_GEN_HEAD = (
+    "You are a highly skilled and impartial evaluator comparing two {kinds} generated for the same prompt. "
+    "Judge which one follows the prompt more faithfully (content, attributes, count, layout) and has the better "
+    "visual quality. {steps} A tie is not permitted; you must choose a better option."
+)
+
+
+def generation_parts(question: str, kind: str, *, prompt: str = "r1reward", write_caption: bool = False) -> tuple[str, str, str, str]:
+    """The text pieces of a generation-pair prompt (visual responses), in message order:
+    (head + generation prompt, label before output A, label before output B, output format).
+
+    Output A is Response 1 and output B is Response 2, so the verdict, the parsers and the
+    rewards are the same as for text responses; the two-order evaluation swaps the outputs.
+    prompt "msrl" adds the <type> step (and <caption> with write_caption), as `msrl_text`."""
+    if kind not in ("image", "video"):
+        raise ValueError(f"generation responses are images or videos, got {kind!r}")
+    noun = "Image" if kind == "image" else "Video"
+    steps, fmt = [], ""
+    if prompt == "msrl":
+        if write_caption:
+            steps.append(f"First describe {noun} A and {noun} B inside <caption> and </caption>.")
+            fmt += "<caption>description</caption>"
+        types = ", ".join(TASK_TYPE_PHRASES.values())
+        steps.append(f"Name the task type inside <type> and </type> (one of: {types}).")
+        fmt += "<type>task type</type>"
+    elif prompt != "r1reward":
+        raise ValueError(f"unknown prompt {prompt!r}")
+    steps.append("Write a side-by-side comparative analysis inside <think> and </think>.")
+    steps.append(f'Give the better output inside <answer> and </answer>: "1" for {noun} A (Response 1), '
+                 f'"2" for {noun} B (Response 2).')
+    fmt += "<think>analysis</think><answer>1/2</answer>"
+    head = _GEN_HEAD.format(kinds=f"{kind}s", steps=" ".join(steps)) + f"\n\n[Generation prompt]:\n{question}\n"
+    return (head, f"\n[Response 1] {noun} A:", f"\n[Response 2] {noun} B:", f"\n\nOutput format (strictly follow): {fmt}")
+
+
+def generation_message(question: str, kind: str, visual1, visual2, *, prompt: str = "r1reward",
+                       write_caption: bool = False, context_images: list | tuple = ()) -> list[dict]:
+    """One user turn judging two generated outputs: the prompt first, then output A and output B
+    in order (each after its label), then the output format."""
+    head, label1, label2, tail = generation_parts(question, kind, prompt=prompt, write_caption=write_caption)
+    content: list[dict] = [{"type": "image", "image": img} for img in context_images]
+    content.append({"type": "text", "text": head + label1})
+    content.append({"type": kind, kind: visual1})
+    content.append({"type": "text", "text": label2})
+    content.append({"type": kind, kind: visual2})
+    content.append({"type": "text", "text": tail})
+    return [{"role": "user", "content": content}]
+
+
 def user_message(text: str, *, images: list | tuple = (), video: list | str | None = None) -> list[dict]:
     """One user turn: the visual parts first (as the released R1-Reward code does), then the text."""
     content: list[dict] = [{"type": "image", "image": img} for img in images]

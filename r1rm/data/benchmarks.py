@@ -27,6 +27,14 @@ Formats read:
     mm-rlhf-rewardbench     JSONL: id, prompt, chosen, rejected, and image (a file) or video (a
                             folder of frames); category = first folder of that path (mcq, long,
                             short, safety, video).
+    genai-bench             GenAI-Bench's image / video generation sets (TIGER-Lab/GenAI-Bench layout):
+                            prompt, left_image + right_image (paths or {bytes, path}) or
+                            left_video + right_video (frame folders or frame lists), vote_type ∈
+                            leftvote / rightvote / tievote / bothbad_vote; id from `id`, `index`
+                            or the line number. The *responses are the visual outputs*; decisive
+                            votes are scored (category image_generation / video_generation),
+                            tievote and bothbad_vote items are counted (skipped, reasons `tie`
+                            and `both_bad`), never scored.
     canonical               r1rm's own JSONL (records.py); category from the record; a record with
                             label 2 is turned round (uid kept) so response1 is the chosen one.
 
@@ -63,7 +71,11 @@ from r1rm.data.records import (
 )
 from r1rm.errors import DataError, InputFileError, where
 
-BENCHMARKS = ("vl-rewardbench", "multimodal-rewardbench", "mm-rlhf-rewardbench", "canonical")
+BENCHMARKS = ("vl-rewardbench", "multimodal-rewardbench", "mm-rlhf-rewardbench", "genai-bench", "canonical")
+
+# GenAI-Bench vote_type -> which output is better (None: not decisive, counted, not scored)
+GENAI_VOTES = {"leftvote": 1, "rightvote": 2, "tievote": None, "bothbad_vote": None}
+_GENAI_SKIP_REASON = {"tievote": "tie", "bothbad_vote": "both_bad"}
 
 VL_REWARDBENCH_CATEGORIES = ("general", "hallucination", "reasoning")
 MM_RLHF_CATEGORIES = ("mcq", "long", "short", "safety", "video")
@@ -97,6 +109,8 @@ _FIELDS = {
     "image, response, human_ranking)",
     "multimodal-rewardbench": "ID, Text, Image, Output1, Output2, Better, Category",
     "mm-rlhf-rewardbench": "id, prompt, chosen, rejected, and image or video",
+    "genai-bench": "prompt, left_image and right_image (or left_video and right_video: frame folders or lists), "
+    "vote_type (leftvote, rightvote, tievote, bothbad_vote)",
 }
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -193,6 +207,9 @@ def read_benchmark(
                                            limit=left, skipped=skipped)
         return out_records
 
+    if name == "genai-bench":
+        return _read_genai(p, root, check_media=check_media, skip_missing_media=skip_missing_media, limit=limit,
+                           skipped=skipped)
     convert = {"vl-rewardbench": _vl_rewardbench, "multimodal-rewardbench": _mmrb, "mm-rlhf-rewardbench": _mm_rlhf}[name]
     out: list[Record] = []
     uid_counts: dict[str, int] = {}
@@ -318,6 +335,89 @@ def _mm_rlhf(row: dict, default_category: str | None = None) -> _Item:
     return item
 
 
+def genai_pair(row: dict, line: int) -> tuple[dict, int | None, str]:
+    """One GenAI-Bench row → (canonical fields with the two outputs as visual responses, the
+    better one (1 = left, 2 = right, None for tievote / bothbad_vote), vote_type); RowError if bad."""
+    vote = row.get("vote_type")
+    if vote not in GENAI_VOTES:
+        raise RowError("bad_label", f"'vote_type' must be one of {', '.join(GENAI_VOTES)}, got {_short(vote)}")
+    question = _text(row, "prompt")
+    if "left_image" in row or "right_image" in row:
+        kind, pair = "image", []
+        for key in ("left_image", "right_image"):
+            probe = _Item("", "", "", "", "")
+            _set_image(probe, row, key)
+            if probe.image_bytes is not None:
+                raise RowError("wrong_type", f"'{key}' holds embedded bytes; write the images to files and give paths")
+            if len(probe.images) != 1:
+                raise RowError("wrong_type", f"'{key}' must be one image path")
+            pair.append(probe.images[0])
+    elif "left_video" in row or "right_video" in row:
+        kind, pair = "video", []
+        for key in ("left_video", "right_video"):
+            v = row.get(key)
+            if v is None:
+                raise RowError("missing_field", f"missing field '{key}'")
+            if isinstance(v, str) and v.lower().endswith((".mp4", ".webm", ".avi", ".mov", ".mkv")):
+                raise RowError("unsupported_video", f"'{key}' is a video file ({v}); give a folder of extracted frames "
+                               "(e.g. ffmpeg -i v.mp4 frames/%04d.png)")
+            if not (isinstance(v, str) and v) and not (isinstance(v, list) and v and all(isinstance(f, str) and f for f in v)):
+                raise RowError("wrong_type", f"'{key}' must be a frames folder or a list of frame paths, got {_short(v)}")
+            pair.append(v)
+    else:
+        raise RowError("missing_field", "missing fields 'left_image' / 'right_image' (or 'left_video' / 'right_video')")
+    raw_id = row.get("id", row.get("index", f"line-{line}"))
+    item_id = str(raw_id)
+    fields = {
+        "id": item_id, "source": "genai-bench", "question": question, "modality": "text", "images": [],
+        "video": [], "caption": None, "response1": {kind: pair[0]}, "response2": {kind: pair[1]},
+        "category": f"{kind}_generation", "task_type": f"{kind}_generation",
+        "meta": {"group": item_id, "vote_type": vote,
+                 **{k: row[k] for k in ("left_model", "right_model") if isinstance(row.get(k), str)}},
+    }
+    return fields, GENAI_VOTES[vote], vote
+
+
+def _read_genai(p: Path, root: Path, *, check_media: bool, skip_missing_media: bool, limit: int | None,
+                skipped: list[Reject] | None) -> list[Record]:
+    out: list[Record] = []
+    seen: dict[str, int] = {}
+    for loc, file, line, row, raw in _iter_rows(p):
+        if limit is not None and len(out) >= limit:
+            break
+        try:
+            fields, better, vote = genai_pair(row, line)
+            if better is None:
+                if skipped is not None:
+                    skipped.append(Reject(file, line, _GENAI_SKIP_REASON[vote], f"item '{fields['id']}': {vote} "
+                                          "(not decisive: counted, not scored)", raw))
+                continue
+            if better == 2:  # response1 = the chosen output, as for every benchmark; label 1
+                fields["response1"], fields["response2"] = fields["response2"], fields["response1"]
+            base = content_uid({k: fields[k] for k in ("id", "source", "question", "response1", "response2")})
+            n_seen = seen.get(base, 0)
+            seen[base] = n_seen + 1
+            rec = parse_record({**fields, "uid": f"{base}-{n_seen}" if n_seen else base, "label": 1})
+            for ref in record_paths(rec):
+                resolve_path(ref, root)
+        except RowError as e:
+            raise DataError(str(e), where=loc, fix=f"correct or remove this row; a genai-bench row needs "
+                                                   f"{_FIELDS['genai-bench']}") from None
+        if check_media:
+            try:
+                _check_media(rec, root)
+            except RowError as e:
+                if not skip_missing_media:
+                    raise DataError(f"item '{rec.id}': {e}", where=loc,
+                                    fix=f"put the media under the image root '{root}' (or set image_root), "
+                                    "or skip such items with skip_missing_media (they are counted)") from None
+                if skipped is not None:
+                    skipped.append(Reject(file, line, e.reason, f"item '{rec.id}': {e}", raw))
+                continue
+        out.append(rec)
+    return out
+
+
 def convert_row(benchmark: str, row: dict, *, default_category: str | None = None) -> BenchmarkItem:
     """One row of a benchmark-style file → BenchmarkItem (id, question, chosen, rejected, category,
     images or embedded image_bytes, video, meta); raises RowError. Used by `r1rm build-data`
@@ -422,7 +522,9 @@ def _check_media(rec: Record, root: Path) -> None:
     """Raise RowError if an image of rec is missing or unreadable, or a frames folder is empty."""
     for ref in record_paths(rec):
         full = resolve_path(ref, root)
-        if isinstance(rec.video, str) and ref == rec.video:
+        folder = (isinstance(rec.video, str) and ref == rec.video) or any(
+            r.kind == "video" and r.visual == ref for r in (rec.response1, rec.response2))
+        if folder:
             if not full.is_dir():
                 raise RowError("missing_video", f"video frames folder not found: '{full}'")
             frames = list_frames(full)

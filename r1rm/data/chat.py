@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from r1rm.core.prompts import caption_question, msrl_text, r1reward_text, user_message
+from r1rm.core.prompts import caption_question, generation_message, msrl_text, r1reward_text, user_message
 from r1rm.data.media import resolve_video
 from r1rm.data.records import Record, RowError, resolve_path
 
@@ -27,17 +27,19 @@ def record_messages(
     image_root: str | os.PathLike,
     video_max_frames: int = 8,
     write_caption: bool = False,
+    max_pixels: int | None = None,
 ) -> list[dict]:
     """User turn for judging `rec` as it is ordered (use `oriented` first to pick an order).
 
     Image paths are resolved under image_root (absolute paths in the messages). In caption
     modality the caption replaces the image; in text modality there is no visual part.
+    Visual responses (generation pairs) are shown in order after the generation prompt; with
+    `max_pixels` the sample's pixel budget is split evenly over its visuals (each image part
+    carries its share as "max_pixels", applied by `fit_visuals` before the processor).
     """
-    if rec.response1.kind != "text" or rec.response2.kind != "text":
-        raise RowError(
-            "unsupported_response",
-            f"record {rec.uid}: visual responses ({rec.response1.kind}) are not supported by prompt '{prompt}'",
-        )
+    if rec.response1.kind != "text":
+        return _generation_messages(rec, prompt=prompt, image_root=image_root, video_max_frames=video_max_frames,
+                                    write_caption=write_caption, max_pixels=max_pixels)
     a1, a2 = rec.response1.text or "", rec.response2.text or ""
     images: list[str] = []
     video: list[str] | None = None
@@ -58,6 +60,27 @@ def record_messages(
     else:
         raise ValueError(f"unknown prompt {prompt!r}")
     return user_message(text, images=images, video=video)
+
+
+def _generation_messages(rec: Record, *, prompt: str, image_root, video_max_frames: int, write_caption: bool,
+                         max_pixels: int | None) -> list[dict]:
+    kind = rec.response1.kind
+    if rec.response2.kind != kind:
+        raise RowError("mixed_responses", f"record {rec.uid}: response1 is {kind} but response2 is {rec.response2.kind}")
+    if kind == "image":
+        visuals = [str(resolve_path(r.visual, image_root)) for r in (rec.response1, rec.response2)]
+    else:
+        visuals = [[str(p) for p in resolve_video(r.visual, image_root, video_max_frames)]
+                   for r in (rec.response1, rec.response2)]
+    context = [str(resolve_path(p, image_root)) for p in rec.images] if rec.modality == "image" else []
+    msgs = generation_message(rec.question, kind, visuals[0], visuals[1], prompt=prompt, write_caption=write_caption,
+                              context_images=context)
+    if max_pixels is not None:
+        share = max(max_pixels // (len(context) + 2), 1)
+        for part in msgs[0]["content"]:
+            if part["type"] in ("image", "video"):
+                part["max_pixels"] = share
+    return msgs
 
 
 def default_image_root(data_file: str | os.PathLike, image_root: str | None) -> Path:

@@ -107,3 +107,45 @@ def resize_image(src: Path, dest: Path, size: tuple[int, int]) -> None:
     tmp = dest.with_name(f".{dest.name}.tmp.{os.getpid()}")
     out.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     os.replace(tmp, dest)
+
+
+def _fit_one(image, budget: int):
+    """A PIL image no larger than `budget` pixels (Qwen rule: sides multiples of 28, aspect kept)."""
+    from PIL import Image
+
+    img = image if isinstance(image, Image.Image) else Image.open(image)
+    img = img.convert("RGB")
+    h, w = smart_resize(img.height, img.width, min_pixels=min(56 * 56, budget), max_pixels=budget)
+    if (h, w) != (img.height, img.width) and h * w < img.height * img.width:
+        img = img.resize((w, h), Image.Resampling.BICUBIC)
+    return img
+
+
+def fit_visuals(messages: list[dict]) -> list[dict]:
+    """Messages with every image / video part that carries a "max_pixels" share (set by
+    `record_messages` for samples with several visuals, e.g. two generated outputs) replaced by
+    PIL images resized to that share, so one sample never exceeds the recipe's pixel budget.
+    Parts without a share, and messages without any, are returned unchanged (same objects)."""
+    if not any(isinstance(p, dict) and "max_pixels" in p for m in messages for p in (m.get("content") or [])
+               if isinstance(m.get("content"), list)):
+        return messages
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if not isinstance(content, list):
+            out.append(m)
+            continue
+        parts = []
+        for p in content:
+            if isinstance(p, dict) and "max_pixels" in p:
+                budget = int(p["max_pixels"])
+                q = {k: v for k, v in p.items() if k != "max_pixels"}
+                if p["type"] == "image":
+                    q["image"] = _fit_one(p["image"], budget)
+                elif p["type"] == "video" and isinstance(p["video"], list | tuple):
+                    q["video"] = [_fit_one(f, budget) for f in p["video"]]
+                parts.append(q)
+            else:
+                parts.append(p)
+        out.append({**m, "content": parts})
+    return out

@@ -32,7 +32,13 @@ Formats (`build.sources[].format`):
                     more than one), response1, response2, overall_preference (< 0: response 1
                     is better, > 0: response 2, 0: a tie → RowError "tie", dropped and counted),
                     domain → category
+    genai           generation preferences in GenAI-Bench's layout (MSRL's image / video generation
+                    pairs): prompt, left_image + right_image (paths or HF {bytes, path}) or
+                    left_video + right_video (frame folders or lists), vote_type (leftvote →
+                    label 1, rightvote → 2; tievote → RowError "tie", bothbad_vote → "both_bad":
+                    dropped and counted in rejects.jsonl). The responses are the visual outputs.
     synthetic       the synthetic task (r1rm.data.synthetic) in image, caption or text modality
+                    (level 6: image-generation pairs with two rendered candidates)
 
 A configured field name that the first row of a file does not have is a ConfigError naming
 the source, the field and the names the row does have (exit 2) — a misspelt field would
@@ -52,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r1rm.data.benchmarks import convert_row, iter_json_array, iter_parquet
+from r1rm.data.benchmarks import convert_row, genai_pair, iter_json_array, iter_parquet
 from r1rm.data.records import RowError, dataset_files, iter_lines
 from r1rm.errors import ConfigError, DataError, InputFileError, where
 
@@ -463,6 +469,31 @@ def _text_pref(row: dict, src: Any, media: _Media, loc_id: str) -> tuple[dict, P
     return out, media.root
 
 
+def _genai(row: dict, src: Any, media: _Media, line: int) -> tuple[dict, Path]:
+    row = dict(row)
+    embedded = 0
+    for key in ("left_image", "right_image"):
+        v = row.get(key)
+        if isinstance(v, dict) and v.get("bytes"):
+            row[key] = store_bytes(bytes(v["bytes"]), media.media_dir)
+            embedded += 1
+        elif isinstance(v, dict) and isinstance(v.get("path"), str):
+            row[key] = media.path(v["path"])
+        elif isinstance(v, str):
+            row[key] = media.path(v)
+    if embedded == 1:
+        raise RowError("wrong_type", "one output is embedded image bytes and the other a path; give both the same way")
+    fields, better, vote = genai_pair(row, line)
+    if better is None:
+        raise RowError("tie" if vote == "tievote" else "both_bad",
+                       f"vote_type {vote}: no better output (dropped and counted)")
+    fields["label"] = better
+    fields["meta"].pop("group", None)
+    if src.category:
+        fields["category"] = src.category
+    return fields, (media.media_dir if embedded else media.root)
+
+
 # ---------------------------------------------------------------- the stream
 def iter_source(src: Any, *, work_dir: Path, seed: int) -> Iterator[SourceRow]:
     """Every row of source `src` (a SourceConfig) as a SourceRow, in file order, up to `src.limit`."""
@@ -519,6 +550,8 @@ def _rows(src: Any, *, work_dir: Path, media_dir: Path, seed: int) -> Iterator[S
                         sr.row, sr.root = _text_pref(row, src, media, loc_id)
                     elif fmt == "r1reward-rl":
                         sr.row, sr.root = _r1reward_rl(row, src, media, loc_id)
+                    elif fmt == "genai":
+                        sr.row, sr.root = _genai(row, src, media, line)
                     else:
                         kind = {"mm-rlhf": "mm-rlhf-rewardbench", "vl-rewardbench": "vl-rewardbench"}[fmt]
                         sr.row, sr.root = _benchmark(kind, row, src, media)

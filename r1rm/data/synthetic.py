@@ -18,6 +18,13 @@ Difficulty levels (one question kind each):
     5 attribute_binding  two shapes of different kinds and colours;
                          "What colour is the circle?"                 -> "The circle is red."
                          (the wrong answer is the other shape's colour)
+    6 generation         MSRL's image-generation pairs: the *responses are images*.
+                         "Generate an image of a red circle." -> two rendered candidates,
+                         one matching, one with the same shape in another colour.
+
+Level 6 in the image modality writes two images per pair (responses {"image": ...},
+task type image_generation); in the caption and text modalities each candidate is
+described instead ("Image A: A red circle."), as MSRL's caption stage does.
 
 Three modalities present the SAME facts (same seed and n give the same scenes,
 questions, responses and labels; only the context differs):
@@ -59,7 +66,9 @@ LEVELS: dict[int, str] = {
     3: "count",
     4: "position",
     5: "attribute_binding",
+    6: "generation",
 }
+GENERATION = 6
 
 MODALITIES = ("image", "caption", "text")
 
@@ -82,6 +91,7 @@ _QUESTION = {
     3: "How many {kind}s are there?",
     4: "Which side is the {colour} shape on?",
     5: "What colour is the {kind}?",
+    6: "Generate an image of a {colour} {kind}.",
 }
 
 
@@ -152,6 +162,19 @@ class Example:
         return self.wrong if self.label == 1 else self.correct
 
     @property
+    def candidates(self) -> tuple[Scene, Scene] | None:
+        """Generation level: the scenes of response 1 and response 2 (else None)."""
+        if self.level != GENERATION:
+            return None
+        right, wrong = (Scene((Shape(**_shape_args(d)),)) for d in (self.facts["candidate_correct"],
+                                                                     self.facts["candidate_wrong"]))
+        return (right, wrong) if self.label == 1 else (wrong, right)
+
+    def candidate_paths(self) -> tuple[str, str]:
+        """Generation level, image modality: the two response images (relative paths)."""
+        return f"images/{self.uid}_1.png", f"images/{self.uid}_2.png"
+
+    @property
     def caption(self) -> str:
         return _cap(self.scene.describe()) + "."
 
@@ -163,8 +186,8 @@ class Example:
 
     @property
     def image_path(self) -> str | None:
-        """The image path relative to the dataset folder (image modality only)."""
-        return f"images/{self.uid}.png" if self.modality == "image" else None
+        """The context image path relative to the dataset folder (image modality, levels 1-5)."""
+        return f"images/{self.uid}.png" if self.modality == "image" and self.level != GENERATION else None
 
     @property
     def trace(self) -> str:
@@ -172,6 +195,8 @@ class Example:
 
     def to_record(self, prefix: str = "synthetic") -> dict:
         """The canonical record dict (accepted by `parse_record`)."""
+        if self.level == GENERATION:
+            return self._generation_record(prefix)
         return {
             "uid": self.uid,
             "id": f"{prefix}-{self.index}",
@@ -186,6 +211,30 @@ class Example:
             "label": self.label,
             "category": self.category,
             "task_type": "text" if self.modality == "text" else "image_understanding",
+            "difficulty": self.level,
+            "meta": {"trace": self.trace, "facts": self.facts},
+        }
+
+    def _generation_record(self, prefix: str) -> dict:
+        if self.modality == "image":
+            p1, p2 = self.candidate_paths()
+            responses: tuple = ({"image": p1}, {"image": p2})
+        else:  # each candidate described, as MSRL's caption stage does
+            responses = (f"Image A: {self.response1}", f"Image B: {self.response2}")
+        return {
+            "uid": self.uid,
+            "id": f"{prefix}-{self.index}",
+            "source": "synthetic",
+            "question": self.question,
+            "modality": "text",
+            "images": [],
+            "video": [],
+            "caption": None,
+            "response1": responses[0],
+            "response2": responses[1],
+            "label": self.label,
+            "category": self.category,
+            "task_type": "image_generation",
             "difficulty": self.level,
             "meta": {"trace": self.trace, "facts": self.facts},
         }
@@ -227,6 +276,10 @@ def _side_by_side(rng: random.Random, left: tuple[str, str], right: tuple[str, s
     return Scene(tuple(shapes))
 
 
+def _shape_args(d: dict) -> dict:
+    return {"kind": d["shape"], "colour": d["colour"], "x": d["x"], "y": d["y"], "size": d["size"]}
+
+
 def _claim(level: int, asked: dict, value: Any) -> str:
     """The lower-case statement of `value` as an answer to the level's question."""
     if level == 1:
@@ -238,6 +291,8 @@ def _claim(level: int, asked: dict, value: Any) -> str:
         return f"there is one {kind}" if value == 1 else f"there are {COUNT_WORDS[value]} {kind}s"
     if level == 4:
         return f"the {asked['colour']} shape is on the {value}"
+    if level == GENERATION:
+        return f"a {value} {asked['shape']}"
     return f"the {asked['shape']} is {value}"
 
 
@@ -281,6 +336,13 @@ def _sample(rng: random.Random, level: int) -> tuple[Scene, dict, Any, Any]:
         asked_left = rng.random() < 0.5
         kind, colour, other = (k_left, c_left, c_right) if asked_left else (k_right, c_right, c_left)
         return scene, {"attribute": "colour", "shape": kind}, colour, other
+    if level == GENERATION:
+        colour, kind = rng.choice(colours), rng.choice(SHAPES)
+        wrong = rng.choice([c for c in colours if c != colour])
+        right_scene = _single(rng, kind, colour)
+        wrong_scene = _single(rng, kind, wrong)
+        return right_scene, {"attribute": "generation", "shape": kind, "colour": colour,
+                             "candidates": (wrong_scene.shapes[0].to_json(),)}, colour, wrong
     raise ConfigError(f"unknown synthetic level {level!r}", fix=f"use levels from {sorted(LEVELS)}")
 
 
@@ -330,6 +392,7 @@ def make_examples(
     out: list[Example] = []
     for i, (level, label) in enumerate(plan):
         scene, asked, right, wrong = _sample(rng, level)
+        candidates = asked.pop("candidates", None)
         question = _QUESTION[level].format(kind=asked.get("shape", ""), colour=asked.get("colour", ""))
         correct = _cap(_claim(level, asked, right)) + "."
         incorrect = _cap(_claim(level, asked, wrong)) + "."
@@ -341,6 +404,9 @@ def make_examples(
             "description": scene.describe(),
             "shapes": [s.to_json() for s in scene.shapes],
         }
+        if candidates is not None:  # generation: the scene is the matching candidate
+            facts["candidate_correct"] = scene.shapes[0].to_json()
+            facts["candidate_wrong"] = candidates[0]
         key = {
             "generator": GENERATOR,
             "seed": seed,
@@ -374,6 +440,15 @@ def teacher_trace(example: Example, answer: int) -> str:
     level, asked = f["level"], f["asked"]
     claims = {1: _claim(level, asked, f["correct"] if example.label == 1 else f["wrong"]),
               2: _claim(level, asked, f["wrong"] if example.label == 1 else f["correct"])}
+    if level == GENERATION:
+        scenes = example.candidates
+        assert scenes is not None
+        seen = ("shows" if example.modality == "image" else "is described as")
+        think = (
+            f"Response 1 {seen} {scenes[0].describe()}. Response 2 {seen} {scenes[1].describe()}. "
+            f"The prompt asks for a {asked['colour']} {asked['shape']}. So Response {answer} is correct."
+        )
+        return f"<think>{think}</think><answer>{answer}</answer>"
     desc = example.scene.describe()
     if example.modality == "image":
         seen = f"The image shows {desc}."
@@ -442,7 +517,11 @@ def write_dataset(
     if modality == "image":
         (out / "images").mkdir(exist_ok=True)
         for ex in examples:
-            _save_png(render_image(ex.scene, image_size), out / ex.image_path)
+            if ex.level == GENERATION:
+                for scene, rel in zip(ex.candidates or (), ex.candidate_paths(), strict=True):
+                    _save_png(render_image(scene, image_size), out / rel)
+            else:
+                _save_png(render_image(ex.scene, image_size), out / ex.image_path)
     path = out / f"{prefix}.jsonl"
     write_jsonl_atomic(path, (ex.to_record(prefix) for ex in examples))
     return path

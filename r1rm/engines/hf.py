@@ -50,6 +50,7 @@ from PIL import Image
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from r1rm.core.choice import CHOICES, choice_probs_at_answer
+from r1rm.data.media import fit_visuals
 from r1rm.engines.base import ProgressFn, Request, Sample, SamplingParams
 from r1rm.errors import InputFileError
 
@@ -171,7 +172,7 @@ def _prepare_messages(messages: list[dict]) -> list[dict]:
     a batch has no video (video_utils.py, the nested frame-path shortcut reads videos[0][0]).
     """
     out = []
-    for msg in messages:
+    for msg in fit_visuals(messages):
         content = msg.get("content")
         if not isinstance(content, list):
             out.append(msg)

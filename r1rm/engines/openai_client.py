@@ -127,8 +127,10 @@ def to_openai_content(part: dict) -> list[dict]:
 
 def to_openai_messages(messages: list[dict]) -> list[dict]:
     """Chat messages in r1rm's format (processor style) → OpenAI chat messages."""
+    from r1rm.data.media import fit_visuals
+
     out = []
-    for msg in messages:
+    for msg in fit_visuals(messages):
         content = msg.get("content")
         if isinstance(content, list):
             content = [p for part in content for p in to_openai_content(part)]

@@ -40,7 +40,10 @@ class Encoded:
 
 
 def _encode(processor, messages: list[dict], **kw) -> dict:
-    return dict(processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt", **kw))
+    from r1rm.data.media import fit_visuals
+
+    return dict(processor.apply_chat_template(fit_visuals(messages), tokenize=True, return_dict=True,
+                                              return_tensors="pt", **kw))
 
 
 def encode_sft(processor, prompt_messages: list[dict], target: str, *, max_len: int) -> Encoded:

@@ -16,8 +16,10 @@ from r1rm.runtime.batches import Encoded, collate
 
 def encode_prompt(processor, messages: list[dict]) -> dict:
     """Processor inputs for a chat prompt ending with the assistant turn's opening."""
-    return dict(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                              return_tensors="pt"))
+    from r1rm.data.media import fit_visuals
+
+    return dict(processor.apply_chat_template(fit_visuals(messages), add_generation_prompt=True, tokenize=True,
+                                              return_dict=True, return_tensors="pt"))
 
 
 def build_sequence(prompt: dict, response_ids: list[int], *, forbidden: frozenset = frozenset()) -> Encoded:
