@@ -3,7 +3,8 @@
 Same tiny model (fresh random init, same seed), same prompts (the synthetic task's text
 modality rendered with r1rm's R1-Reward prompt and the model's chat template), same group
 size, completion length, sampling temperature, micro batch, one optimizer update per
-rollout, no KL, and the same number of updates. The reward is r1rm's (format + result x
+rollout, no KL, no activation checkpointing (TRL turns it on by default), and the same
+number of updates. The reward is r1rm's (format + result x
 consistency, rule judge) in both. Reports the median per-step wall time of each after the
 first `--warmup` steps, their ratio, and r1rm's non-model overhead (prompt encoding,
 rewards, advantages) as a share of its step time. Writes out/bench/rl_vs_trl.json.
@@ -46,7 +47,7 @@ def run_r1rm(model: Path, data: Path, out: Path, a) -> dict:
         "rl.algorithm=grpo", f"rl.max_steps={a.steps}", f"rl.rollout_batch_size={a.prompts}",
         f"rl.n_samples_per_prompt={a.group}", f"rl.train_batch_size={a.prompts * a.group}",
         f"rl.micro_batch_size={a.micro}", f"rl.max_new_tokens={a.max_new_tokens}", "rl.temperature=1.0",
-        "rl.kl_coef=0.0", "rl.ppo_epochs=1", "rl.eval_every_steps=0", f"rl.save_every_steps={a.steps + 10}",
+        "rl.kl_coef=0.0", "rl.ppo_epochs=1", "rl.both_orders=false", "rl.eval_every_steps=0", f"rl.save_every_steps={a.steps + 10}",
         "rl.lr=1e-5", f"engine.batch_size={a.prompts * a.group}", "runtime.progress=false",
         "runtime.tensorboard=false", "runtime.log_every_steps=1"])
     rl.run(cfg)
@@ -104,6 +105,9 @@ def run_trl(model_dir: Path, data: Path, out: Path, a) -> dict:
         use_vllm=False, logging_steps=1, save_strategy="no", report_to=[], bf16=False, use_cpu=True,
         dataloader_num_workers=0, shuffle_dataset=True, seed=0, disable_tqdm=True, scale_rewards="group",
         loss_type="grpo",
+        # TRL turns activation checkpointing on by default; r1rm does not (model.gradient_checkpointing):
+        # off here too, so both do the same work
+        gradient_checkpointing=False,
     )
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok,

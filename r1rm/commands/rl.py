@@ -113,6 +113,7 @@ def run(cfg: Config) -> dict:
     from r1rm.core.policy_loss import aggregate, clipped_policy_loss, kl_estimate
     from r1rm.core.rewards import combine, format_reward, result_reward, type_reward
     from r1rm.core.schedules import lr_multiplier
+    from r1rm.core.sft_loss import IGNORE
     from r1rm.data.chat import record_messages
     from r1rm.data.training_sets import epoch_order, read_items
     from r1rm.engines.base import Request, SamplingParams
@@ -162,6 +163,10 @@ def run(cfg: Config) -> dict:
                         fix="lower rl.rollout_batch_size or add data")
     total_rollouts = rc.max_steps or math.ceil(rc.epochs * steps_per_epoch)
     updates_per_rollout = (rc.rollout_batch_size * rc.samples_per_item // rc.train_batch_size) * rc.ppo_epochs
+    on_policy = updates_per_rollout == 1 and rc.rollout_engine == "hf"
+
+    def width_of(chunk: list) -> int:
+        return max(c.n_tokens for c in chunk) - 1
     total_updates = total_rollouts * updates_per_rollout
     scheduler = LambdaLR(optimizer, lambda s: lr_multiplier(s, total_steps=total_updates,
                                                             warmup_steps=int(rc.warmup_ratio * total_updates),
@@ -268,15 +273,23 @@ def run(cfg: Config) -> dict:
                       for f, r, c, ty, v in zip(fmt, res, cons, typ, valid, strict=True)]
             t_reward = time.perf_counter() - t0
 
-            # ---- 3. old (and reference) log-probs
+            # ---- 3. old (and reference) log-probs. With one update per rollout the policy that
+            # sampled is the one being updated: old log-probs are the update pass's own (detached),
+            # so the extra forward pass is skipped (on_policy)
             t0 = time.perf_counter()
             old_lp, masks, ref_lp = [], [], []
             model.eval()
             with torch.no_grad():
                 for k in range(0, len(seqs), rc.micro_batch_size):
                     chunk = seqs[k:k + rc.micro_batch_size]
+                    if on_policy:
+                        m = torch.stack([torch.nn.functional.pad(c.labels[0, 1:] != IGNORE,
+                                                                 (0, width_of(chunk) - (c.n_tokens - 1)))
+                                         for c in chunk]).float().to(acc.device)
+                        lp = torch.zeros_like(m)
                     with acc.autocast():
-                        lp, m, _ = token_logprobs(model, chunk, pad_id=tok.pad_token_id, device=acc.device)
+                        if not on_policy:
+                            lp, m, _ = token_logprobs(model, chunk, pad_id=tok.pad_token_id, device=acc.device)
                         if ref is not None:
                             rlp, _, _ = token_logprobs(ref, chunk, pad_id=tok.pad_token_id, device=acc.device)
                             ref_lp += list(rlp)
@@ -325,7 +338,8 @@ def run(cfg: Config) -> dict:
                                                             device=acc.device, with_entropy=True)
                             w = lp.shape[1]
                             mm = mask[ids][:, :w]
-                            loss, st = clipped_policy_loss(lp, old[ids][:, :w], adv[ids][:, :w], mm,
+                            old_ids = lp.detach() if on_policy else old[ids][:, :w]
+                            loss, st = clipped_policy_loss(lp, old_ids, adv[ids][:, :w], mm,
                                                            clip_eps_low=rc.clip_eps, clip_eps_high=rc.clip_eps_high,
                                                            pre_clip_ratio=pre_clip_ratio, agg=rc.loss_agg)
                             if refs is not None and rc.kl_in == "loss":
