@@ -39,6 +39,14 @@ def cli():
     return run_cli
 
 
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """The tiny Qwen2.5-VL-shaped model (seed 0), built once per test session; tests only read it."""
+    from r1rm.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "m", seed=0)
+
+
 @contextlib.contextmanager
 def served_cli(*args: str, timeout_s: float = 120):
     """Run `r1rm judge --serve ARGS judge.port=0` and yield its base URL; stop it afterwards."""

@@ -445,8 +445,8 @@ def teacher_trace(example: Example, answer: int) -> str:
         assert scenes is not None
         seen = ("shows" if example.modality == "image" else "is described as")
         think = (
-            f"Response 1 {seen} {scenes[0].describe()}. Response 2 {seen} {scenes[1].describe()}. "
-            f"The prompt asks for a {asked['colour']} {asked['shape']}. So Response {answer} is correct."
+            f"The prompt asks for a {asked['colour']} {asked['shape']}. Response 1 {seen} {scenes[0].describe()}. "
+            f"Response 2 {seen} {scenes[1].describe()}. So Response {answer} is correct."
         )
         return f"<think>{think}</think><answer>{answer}</answer>"
     desc = example.scene.describe()

@@ -17,14 +17,8 @@ from PIL import Image
 from r1rm.data.chat import oriented, record_messages
 from r1rm.data.records import read_records
 from r1rm.data.synthetic import make_examples, write_dataset
-from r1rm.models.tiny import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "m", seed=0)
 
 
 @pytest.fixture(scope="module")

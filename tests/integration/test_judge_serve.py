@@ -10,13 +10,6 @@ import urllib.request
 
 import pytest
 
-from r1rm.models.tiny import build_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "m", seed=0)
-
 
 def common(tiny, out):
     return [f"model.path={tiny}", f"output_dir={out}", "runtime.device=cpu", "runtime.progress=false",

@@ -11,15 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from r1rm.models.tiny import build_tiny_model
-
 REPO = Path(__file__).resolve().parents[2]
 ALGORITHMS = ["stable_reinforce", "reinforce_pp", "grpo", "rloo", "reinforce_baseline"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "m", seed=0)
 
 
 @pytest.fixture(scope="module")

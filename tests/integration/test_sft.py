@@ -11,14 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1rm.models.tiny import build_tiny_model
-
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "m", seed=0)
 
 
 @pytest.fixture(scope="module")
