@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast demo demo-model demo-data demo-eval-base demo-sft demo-rl demo-vote demo-report bench ablation-stability lint clean
+.PHONY: install test test-fast demo demo-model demo-data demo-eval-base demo-sft demo-rl demo-vote demo-report bench ablation-stability transfer lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,17 @@ bench: install
 	# TRL is a benchmark-only dependency (its GRPOTrainer is the baseline of bench/rl_vs_trl.py)
 	$(PY) -c "import trl" 2>/dev/null || $(PY) -m pip install -q "trl>=1.0"
 	$(PY) bench/rl_vs_trl.py
+
+# MSRL transfer in miniature: text -> image vs image-only with the same image budget (recipes/tiny/transfer.yaml)
+TR = out/transfer
+transfer: demo-model
+	$(R1RM) synth --recipe recipes/tiny/synth.yaml output_dir=$(TR)/text data.synthetic.modality=text data.synthetic.n=12000
+	$(R1RM) synth --recipe recipes/tiny/synth.yaml output_dir=$(TR)/image data.synthetic.n=1000
+	$(R1RM) sft --recipe recipes/tiny/transfer.yaml model.path=$(DEMO)/model data.train=[$(TR)/image/train.jsonl] output_dir=$(TR)/image_only
+	$(R1RM) sft --recipe recipes/tiny/transfer.yaml model.path=$(DEMO)/model data.train=[$(TR)/text/train.jsonl] output_dir=$(TR)/text_sft sft.max_steps=1000
+	$(R1RM) sft --recipe recipes/tiny/transfer.yaml model.path=$(TR)/text_sft/model data.train=[$(TR)/image/train.jsonl] output_dir=$(TR)/text_then_image
+	for m in image_only text_sft text_then_image; do \
+	  $(R1RM) eval --recipe recipes/tiny/eval.yaml model.path=$(TR)/$$m/model data.eval=[$(TR)/image/eval.jsonl] output_dir=$(TR)/eval_$$m || exit 1; done
 
 # R1-Reward Table 6 in miniature: reinforce_pp / no filter / no Pre-CLIP / stable_reinforce under stress,
 # from the demo's SFT checkpoint (run `make demo` first)

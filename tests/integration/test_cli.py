@@ -49,7 +49,7 @@ def test_recipe_typo_is_exit_2_with_file_line(cli, tmp_path):
 
 
 def test_bad_override_and_missing_recipe(cli, tmp_path):
-    assert_user_error(cli("synth", "data.synthetic.levels=[9]"), "levels must be a non-empty list of integers 1-5")
+    assert_user_error(cli("synth", "data.synthetic.levels=[9]"), "levels must be a non-empty list of integers 1-6")
     assert_user_error(cli("synth", "sft.batch_size=-1"), "sft.batch_size", "greater than or equal to 1")
     assert_user_error(cli("synth", "rl.lr"), "has no '='")
     assert_user_error(cli("synth", "--recipe", tmp_path / "missing.yaml"), "recipe not found")

@@ -133,7 +133,8 @@ def test_both_orders_rolls_out_each_item_twice_label_balanced(cli, tiny, data, t
     assert last["rollout_samples"] == 3 * 2 * 2  # items x orders x n
     assert last["label1_share"] == 0.5  # every item shown with its label 1 and 2
     plain = tmp_path / "plain"
-    assert cli(*args(tiny, data, plain, "rl.rollout_batch_size=3", "rl.train_batch_size=6", "rl.max_steps=1")).returncode == 0
+    assert cli(*args(tiny, data, plain, "rl.both_orders=false", "rl.rollout_batch_size=3", "rl.train_batch_size=6",
+                     "rl.max_steps=1")).returncode == 0
     assert rows(plain)[-1]["rollout_samples"] == 3 * 2
     proc = cli(*args(tiny, data, tmp_path / "bad", "rl.both_orders=true", "rl.rollout_batch_size=3", "rl.train_batch_size=5"))
     assert proc.returncode == 2 and "both_orders" in proc.stderr

@@ -12,6 +12,7 @@ from PIL import Image
 from r1rm.data.records import parse_record, read_records
 from r1rm.data.synthetic import (
     COLOURS,
+    GENERATION,
     LEVELS,
     SHAPES,
     make_examples,
@@ -21,7 +22,8 @@ from r1rm.data.synthetic import (
 )
 from r1rm.errors import ConfigError
 
-ALL_LEVELS = tuple(sorted(LEVELS))
+# the understanding levels; level 6 (generation pairs) has its own tests (tests/integration/test_generation_pairs.py)
+ALL_LEVELS = tuple(lv for lv in sorted(LEVELS) if lv != GENERATION)
 TRACE_RE = re.compile(r"^<think>.*?</think><answer>[12]</answer>$", re.DOTALL)
 CONCLUSION_RE = re.compile(r"So Response ([12]) is correct\.</think>")
 
@@ -233,7 +235,7 @@ def test_prefix_names_file_and_ids(tmp_path):
 
 def test_bad_arguments():
     with pytest.raises(ConfigError):
-        make_examples(5, seed=0, levels=(6,))
+        make_examples(5, seed=0, levels=(7,))
     with pytest.raises(ConfigError):
         make_examples(5, seed=0, levels=())
     with pytest.raises(ConfigError):
