@@ -22,3 +22,13 @@ def test_readme_documents_every_command():
 
 def test_readme_shows_the_two_setup_commands():
     assert "make demo" in README and "make test" in README
+
+
+def test_readme_keeps_its_sections():
+    """A scripted edit once dropped a third of the README; every top-level section must stay."""
+    headings = [line for line in README.splitlines() if line.startswith("## ")]
+    for h in ("## Set-up: two commands", "## Commands", "## Config: one schema, YAML recipes, dotted overrides",
+              "## Data: the canonical record", "## Generation pairs: two images or videos made for one prompt",
+              "## Inference: engines, judge, eval, vote", "## Data for SFT and RL: `r1rm build-data`",
+              "## Training: `r1rm sft`", "## Training: `r1rm rl`", "## Recipes", "## Layout", "## Tests"):
+        assert h in headings, h
