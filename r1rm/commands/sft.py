@@ -55,15 +55,15 @@ def run(cfg: Config) -> dict:
     from r1rm.runtime.modelprep import prepare_for_training, save_hf
     from r1rm.runtime.progress import make_progress
 
+    import os
+
     sc = cfg.sft
     out = Path(cfg.output_dir)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    accum = split_batch(sc.batch_size, sc.micro_batch_size, world)  # a config mistake stops before any reading
     items = read_items(cfg.data.train, image_root=cfg.data.image_root, target_field=sc.target_field)
 
     # ---- processes, model, optimizer
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    accum = split_batch(sc.batch_size, sc.micro_batch_size, world)
     acc = make_accelerator(deepspeed_config=cfg.runtime.deepspeed, grad_accum=accum, micro_batch=sc.micro_batch_size,
                            max_grad_norm=sc.max_grad_norm, device=cfg.runtime.device,
                            mixed_precision=cfg.runtime.mixed_precision)
