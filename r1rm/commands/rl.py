@@ -113,7 +113,6 @@ def run(cfg: Config) -> dict:
     from r1rm.core.policy_loss import aggregate, clipped_policy_loss, kl_estimate
     from r1rm.core.rewards import combine, format_reward, result_reward, type_reward
     from r1rm.core.schedules import lr_multiplier
-    from r1rm.core.sft_loss import IGNORE
     from r1rm.data.chat import record_messages
     from r1rm.data.training_sets import epoch_order, read_items
     from r1rm.engines.base import Request, SamplingParams
@@ -125,7 +124,7 @@ def run(cfg: Config) -> dict:
     from r1rm.runtime.metrics_log import MetricsLog
     from r1rm.runtime.modelprep import prepare_for_training, save_hf
     from r1rm.runtime.progress import make_progress
-    from r1rm.runtime.rollout import build_sequence, encode_prompt, token_logprobs
+    from r1rm.runtime.rollout import build_sequence, encode_prompt, response_mask, token_logprobs
 
     rc = cfg.rl
     out = Path(cfg.output_dir)
@@ -163,10 +162,9 @@ def run(cfg: Config) -> dict:
                         fix="lower rl.rollout_batch_size or add data")
     total_rollouts = rc.max_steps or math.ceil(rc.epochs * steps_per_epoch)
     updates_per_rollout = (rc.rollout_batch_size * rc.samples_per_item // rc.train_batch_size) * rc.ppo_epochs
-    on_policy = updates_per_rollout == 1 and rc.rollout_engine == "hf"
-
-    def width_of(chunk: list) -> int:
-        return max(c.n_tokens for c in chunk) - 1
+    # one update per rollout, sampled by the model being updated, and no KL term that needs the old
+    # log-probs: they equal the update pass's own (detached), so their extra forward pass is skipped
+    on_policy = updates_per_rollout == 1 and rc.rollout_engine == "hf" and rc.kl_coef == 0
     total_updates = total_rollouts * updates_per_rollout
     scheduler = LambdaLR(optimizer, lambda s: lr_multiplier(s, total_steps=total_updates,
                                                             warmup_steps=int(rc.warmup_ratio * total_updates),
@@ -273,9 +271,7 @@ def run(cfg: Config) -> dict:
                       for f, r, c, ty, v in zip(fmt, res, cons, typ, valid, strict=True)]
             t_reward = time.perf_counter() - t0
 
-            # ---- 3. old (and reference) log-probs. With one update per rollout the policy that
-            # sampled is the one being updated: old log-probs are the update pass's own (detached),
-            # so the extra forward pass is skipped (on_policy)
+            # ---- 3. old (and reference) log-probs (none computed when on_policy)
             t0 = time.perf_counter()
             old_lp, masks, ref_lp = [], [], []
             model.eval()
@@ -283,10 +279,8 @@ def run(cfg: Config) -> dict:
                 for k in range(0, len(seqs), rc.micro_batch_size):
                     chunk = seqs[k:k + rc.micro_batch_size]
                     if on_policy:
-                        m = torch.stack([torch.nn.functional.pad(c.labels[0, 1:] != IGNORE,
-                                                                 (0, width_of(chunk) - (c.n_tokens - 1)))
-                                         for c in chunk]).float().to(acc.device)
-                        lp = torch.zeros_like(m)
+                        m = response_mask(chunk).to(acc.device)
+                        lp = torch.zeros_like(m)  # never read: the update pass supplies old log-probs
                     with acc.autocast():
                         if not on_policy:
                             lp, m, _ = token_logprobs(model, chunk, pad_id=tok.pad_token_id, device=acc.device)

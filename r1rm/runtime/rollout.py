@@ -44,6 +44,14 @@ def build_sequence(prompt: dict, response_ids: list[int], *, forbidden: frozense
     return Encoded(inputs=inputs, labels=labels, n_prompt=n_prompt, n_target=len(response_ids))
 
 
+def response_mask(encoded: list[Encoded]) -> torch.Tensor:
+    """(B, T−1) float mask of the label tokens, right-padded as `token_logprobs` lays them out,
+    without a forward pass."""
+    width = max(e.n_tokens for e in encoded) - 1
+    return torch.stack([torch.nn.functional.pad(e.labels[0, 1:] != IGNORE, (0, width - (e.n_tokens - 1)))
+                        for e in encoded]).float()
+
+
 def token_logprobs(model, encoded: list[Encoded], *, pad_id: int, device, with_entropy: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Forward a batch; return logp (B, T−1) of each label token, its mask, and (optionally) the

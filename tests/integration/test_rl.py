@@ -172,3 +172,34 @@ def test_msrl_stages_text_then_caption_with_frozen_vision(cli, tiny, tmp_path):
     lm = [k for k in w0 if not k.startswith("visual.")]
     assert any(not torch.equal(w0[k], w1[k]) for k in lm)  # stage 1 trained the language model
     assert any(not torch.equal(w1[k], w2[k]) for k in lm)  # stage 2 went on from stage 1's weights
+
+
+def test_response_mask_matches_the_forward_pass_mask(tiny):
+    import torch
+
+    from r1rm.models.loading import load_model, load_processor
+    from r1rm.runtime.rollout import build_sequence, response_mask, token_logprobs
+
+    processor = load_processor(tiny, min_pixels=3136, max_pixels=12544)
+    model = load_model(tiny, dtype="float32", device="cpu")
+    tok = processor.tokenizer
+    seqs = []
+    for text, resp in (("short", [5, 6]), ("a much longer prompt than the other one", [7, 8, 9, 10])):
+        enc = dict(processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": text}]}],
+                                                 add_generation_prompt=True, tokenize=True, return_dict=True,
+                                                 return_tensors="pt"))
+        seqs.append(build_sequence(enc, resp))
+    with torch.no_grad():
+        _, mask, _ = token_logprobs(model, seqs, pad_id=tok.pad_token_id, device="cpu")
+    assert torch.equal(response_mask(seqs), mask)
+    assert response_mask(seqs).sum(dim=1).tolist() == [2.0, 4.0]
+
+
+def test_kl_in_reward_with_one_update_per_rollout_uses_real_old_logprobs(cli, tiny, data, tmp_path):
+    """One update per rollout skips the old-log-prob pass only without a KL term: at step 1 the
+    policy is the reference, so the k1 KL must be 0, not −mean(ref log-prob)."""
+    out = tmp_path / "kl1"
+    proc = cli(*args(tiny, data, out, "rl.kl_coef=0.05", "rl.kl_estimator=k1", "rl.kl_in=reward",
+                     "rl.train_batch_size=16", "rl.max_steps=1"))  # 4 items x 2 orders x n 2 = 16: one update
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert abs(rows(out)[-1]["kl_ref"]) < 1e-4
