@@ -39,6 +39,8 @@ def _target_tokens(encoded: list) -> int:
 
 
 def run(cfg: Config) -> dict:
+    import os
+
     import torch
     from torch.optim.lr_scheduler import LambdaLR
 
@@ -54,8 +56,6 @@ def run(cfg: Config) -> dict:
     from r1rm.runtime.metrics_log import MetricsLog
     from r1rm.runtime.modelprep import prepare_for_training, save_hf
     from r1rm.runtime.progress import make_progress
-
-    import os
 
     sc = cfg.sft
     out = Path(cfg.output_dir)
