@@ -216,6 +216,11 @@ def format_report(metrics: Mapping[str, Any]) -> str:
         f"{metrics['n_items']} items, {metrics['n_generations']} generations. "
         "Accuracies in %. chosen_first is the order published harnesses report.",
         "",
+    ]
+    skipped = metrics.get("skipped_by_reason") or {}
+    if skipped:  # e.g. GenAI-Bench's tievote / bothbad_vote items: counted, never scored
+        lines += ["Not scored: " + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) + " (skipped.jsonl).", ""]
+    lines += [
         "| rate | value |",
         "|---|---|",
         f"| parse failures | {_pct(metrics.get('parse_fail_rate'))} |",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from r1rm.core.prompts import caption_question, generation_message, msrl_text, r1reward_text, user_message
 from r1rm.data.media import resolve_video
-from r1rm.data.records import Record, RowError, resolve_path
+from r1rm.data.records import Record, resolve_path
 
 ORDERS = ("chosen_first", "chosen_second")
 
@@ -64,9 +64,7 @@ def record_messages(
 
 def _generation_messages(rec: Record, *, prompt: str, image_root, video_max_frames: int, write_caption: bool,
                          max_pixels: int | None) -> list[dict]:
-    kind = rec.response1.kind
-    if rec.response2.kind != kind:
-        raise RowError("mixed_responses", f"record {rec.uid}: response1 is {kind} but response2 is {rec.response2.kind}")
+    kind = rec.response1.kind  # both of one kind: parse_record refuses mixed responses
     if kind == "image":
         visuals = [str(resolve_path(r.visual, image_root)) for r in (rec.response1, rec.response2)]
     else:

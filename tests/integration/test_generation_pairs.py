@@ -105,6 +105,7 @@ def test_genai_bench_scored_in_both_orders_ties_counted(cli, tiny, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert (m["n_items"], m["n_generations"]) == (3, 6)  # decisive votes only, both orders each
     assert m["skipped_by_reason"] == {"tie": 1, "both_bad": 1}
+    assert "Not scored: both_bad 1, tie 1" in (out / "report.md").read_text()
     rows = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
     assert sorted(r["order"] for r in rows) == ["chosen_first"] * 3 + ["chosen_second"] * 3
     assert {r["category"] for r in rows} == {"image_generation"}
