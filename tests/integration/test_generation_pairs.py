@@ -174,4 +174,4 @@ build:
     proc = cli("vote", "--recipe", "recipes/tiny/vote.yaml", f"output_dir={vote}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     votes = json.loads((vote / "votes.json").read_text())
-    assert votes and (vote / "votes.png").exists()
+    assert [p["k"] for p in votes["curve"]] == [1, 2, 3, 4, 5] and (vote / "votes.png").exists()
