@@ -114,6 +114,7 @@ def run(cfg: Config) -> dict:
     from r1rm.core.rewards import combine, format_reward, result_reward, type_reward
     from r1rm.core.schedules import lr_multiplier
     from r1rm.data.chat import record_messages
+    from r1rm.data.media import fit_visuals
     from r1rm.data.training_sets import epoch_order, read_items
     from r1rm.engines.base import Request, SamplingParams
     from r1rm.engines.hf import VISION_PLACEHOLDERS, HFEngine
@@ -211,8 +212,10 @@ def run(cfg: Config) -> dict:
                                                          else (items[i].rec,))]
             for i, rec in shown:
                 it = items[i]
-                msgs = record_messages(rec, prompt=cfg.data.prompt, image_root=it.root,
-                                       video_max_frames=cfg.model.video_max_frames, max_pixels=cfg.model.max_pixels)
+                # resized once here (several visuals share the pixel budget); the engine gets the result
+                msgs = fit_visuals(record_messages(rec, prompt=cfg.data.prompt, image_root=it.root,
+                                                   video_max_frames=cfg.model.video_max_frames,
+                                                   max_pixels=cfg.model.max_pixels))
                 enc = encode_prompt(processor, msgs)
                 ok = enc["input_ids"].shape[1] <= rc.max_prompt_len
                 counters["skipped_long_prompts"] += 0 if ok else 1
