@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast demo demo-model demo-data demo-eval-base demo-sft demo-rl demo-vote demo-report bench ablation-stability transfer lint clean
+.PHONY: install test test-fast demo demo-model demo-data demo-eval-base demo-sft demo-rl demo-vote demo-report bench gpu-check ablation-stability transfer lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,11 @@ bench: install
 	$(PY) -c "import trl" 2>/dev/null || $(PY) -m pip install -q "trl>=1.0"
 	$(PY) bench/rl_vs_trl.py
 
+# GPU checks and benchmarks: bf16 SFT / RL steps of a ~0.39B random Qwen2.5-VL-shaped model, eval
+# throughput, SFT MFU -> out/gpu_check/results.json, results.md (needs a CUDA GPU; see the script's docstring)
+gpu-check: install
+	$(PY) bench/gpu_check.py --preset mid --device cuda
+
 # MSRL transfer in miniature: text -> image vs image-only with the same image budget (recipes/tiny/transfer.yaml)
 TR = out/transfer
 transfer: demo-model
@@ -88,7 +93,7 @@ transfer: demo-model
 # from the demo's SFT checkpoint (run `make demo` first)
 ablation-stability: install
 	$(PY) scripts/ablation_stability.py --recipe recipes/tiny/ablation_stability.yaml model.path=$(DEMO)/sft/model \
-	  data.train=[$(DEMO)/data/train.jsonl] data.eval=[$(DEMO)/data/eval.jsonl] output_dir=out/ablation/stability
+	  data.train=[$(DEMO)/data/train.jsonl] data.eval=[$(DEMO)/data/eval.jsonl] output_dir=out/ablation/stability --seeds 0 1 2
 
 lint: install
 	$(VENV)/bin/ruff check r1rm tests

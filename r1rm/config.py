@@ -121,10 +121,16 @@ class EngineConfig(Section):
 # ---------------------------------------------------------------- training
 class OptimConfig(Section):
     lr: float = Field(1e-5, gt=0, description="Peak learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (decoupled for adamw).")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps with linear warm-up.")
     lr_schedule: Literal["cosine", "constant", "linear"] = Field("cosine", description="Schedule after warm-up.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Gradient clipping norm; null = no clipping (the norm is still measured and logged)."
+    )
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw", description="adamw (betas 0.9/0.95, the papers' choice) or plain sgd (no momentum: a stress setting "
+        "where the loss scale reaches the weights unnormalised)."
+    )
 
 
 class SFTConfig(OptimConfig):

@@ -1,13 +1,14 @@
 """The stability ablation in miniature (R1-Reward Table 6's pattern on the synthetic task).
 
-Runs `r1rm rl` four times from the same checkpoint under the stress recipe — reinforce_pp
-(no Pre-CLIP, no filter), stable_reinforce without the advantage filter, without Pre-CLIP,
-and complete — then writes a table (per-token loss max, ratio max, non-finite micro-batches,
-skipped updates, parse failures, held-out accuracy) and a plot of the per-token loss max and
-the reward over the steps.
+Runs `r1rm rl` from the same checkpoint under the stress recipe for each variant —
+reinforce_pp (no Pre-CLIP, no filter), stable_reinforce without the advantage filter, without
+Pre-CLIP, and complete — and each seed, then writes a table across seeds (collapsed runs, runs
+with a non-finite loss or gradient, worst importance ratio / per-token loss / gradient norm,
+median held-out accuracy and parse failures) and a plot of seed 0's per-token loss max,
+gradient norm and reward over the steps. A finished run is not rerun.
 
     python scripts/ablation_stability.py --recipe recipes/tiny/ablation_stability.yaml \
-        [model.path=...] [data.train=[...]] [data.eval=[...]]
+        [model.path=...] [data.train=[...]] [data.eval=[...]] --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -31,16 +32,20 @@ def summarise(rows: list[dict]) -> dict:
         return max(vals) if vals else float("nan")
 
     last = rows[-1]
+    bad = [r["step"] for r in rows if r["nonfinite_microbatches"] or r["skipped_updates"]]
     return {
         "steps": last["step"],
         "loss_token_max": finite_max("loss_token_max"),
         "ratio_max": finite_max("ratio_max"),
+        "grad_norm_max": finite_max("grad_norm"),
+        "first_nonfinite_step": bad[0] if bad else None,
         "nonfinite_microbatches": last["nonfinite_microbatches"],
         "skipped_updates": last["skipped_updates"],
         "final_reward": last["reward"],
         "final_parse_fail_rate": last["parse_fail_rate"],
         "heldout_strict": last.get("eval/both_orders_strict"),
         "heldout_mean": last.get("eval/both_orders_mean"),
+        "heldout_parse_fail_rate": last.get("eval/parse_fail_rate"),
     }
 
 
@@ -50,15 +55,23 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    def finite(v):
+        return v if v is not None and math.isfinite(v) else float("nan")
+
+    fig, (a, g, b) = plt.subplots(1, 3, figsize=(14, 3.6))
     for name, rows in runs.items():
         steps = [r["step"] for r in rows]
-        a.plot(steps, [r["loss_token_max"] if r["loss_token_max"] is not None and math.isfinite(r["loss_token_max"])
-                       else float("nan") for r in rows], label=name)
-        b.plot(steps, [r["reward"] for r in rows], label=name)
-    a.set_yscale("log")
-    a.set_xlabel("rollout step")
-    a.set_ylabel("largest per-token loss term")
+        line, = a.plot(steps, [finite(r["loss_token_max"]) for r in rows], label=name)
+        g.plot(steps, [finite(r["grad_norm"]) for r in rows], color=line.get_color())
+        # the first step with a non-finite loss or gradient (its update skipped): a dotted line
+        first_bad = next((r["step"] for r in rows if r["nonfinite_microbatches"] or r["skipped_updates"]), None)
+        if first_bad is not None:
+            g.axvline(first_bad, color=line.get_color(), linestyle=":", linewidth=1)
+        b.plot(steps, [r["reward"] for r in rows], color=line.get_color())
+    for ax, label in ((a, "largest per-token loss term"), (g, "gradient norm (before any clipping)")):
+        ax.set_yscale("log")
+        ax.set_xlabel("rollout step")
+        ax.set_ylabel(label)
     b.set_xlabel("rollout step")
     b.set_ylabel("mean reward (0..2)")
     a.legend(fontsize=8)
@@ -66,10 +79,41 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def collapsed(s: dict) -> bool:
+    """A run that ended writing unparseable verdicts: over half the held-out answers unreadable."""
+    pf = s.get("heldout_parse_fail_rate")
+    return pf is not None and pf > 0.5
+
+
+def aggregate(per_seed: dict[int, dict]) -> dict:
+    """Across seeds: the median of each number, the worst ratio / loss term, and collapsed runs."""
+    import statistics
+
+    runs = list(per_seed.values())
+
+    def med(key: str):
+        vals = [r[key] for r in runs if r.get(key) is not None and math.isfinite(r[key])]
+        return statistics.median(vals) if vals else None
+
+    return {
+        "seeds": len(runs),
+        "collapsed_runs": sum(collapsed(r) for r in runs),
+        "runs_with_nonfinite": sum(r["first_nonfinite_step"] is not None for r in runs),
+        "ratio_max_worst": max(r["ratio_max"] for r in runs),
+        "loss_token_max_worst": max(r["loss_token_max"] for r in runs),
+        "grad_norm_max_worst": max(r["grad_norm_max"] for r in runs),
+        "heldout_strict_median": med("heldout_strict"),
+        "heldout_mean_median": med("heldout_mean"),
+        "heldout_parse_fail_median": med("heldout_parse_fail_rate"),
+        "final_reward_median": med("final_reward"),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipe", default="recipes/tiny/ablation_stability.yaml")
     ap.add_argument("--only", nargs="*", choices=list(VARIANTS), help="run a subset of the variants")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0], help="one run per variant and seed")
     ap.add_argument("overrides", nargs="*", help="dotted overrides applied to every variant")
     a = ap.parse_args()
 
@@ -78,23 +122,28 @@ def main() -> None:
 
     base = load_config(a.recipe, a.overrides)
     root = Path(base.output_dir)
-    runs: dict[str, list[dict]] = {}
+    runs: dict[str, dict[int, list[dict]]] = {}
     for name, extra in VARIANTS.items():
         if a.only and name not in a.only:
             continue
-        out = root / name
-        cfg = load_config(a.recipe, [*a.overrides, *extra, f"output_dir={out}", "runtime.progress=false"])
-        rl.run(cfg)
-        runs[name] = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    table = {name: summarise(rows) for name, rows in runs.items()}
-    (root / "summary.json").write_text(json.dumps(table, indent=2) + "\n")
+        for seed in a.seeds:
+            out = root / name / f"seed-{seed}"
+            metrics = out / "metrics.jsonl"
+            if not (out / "summary.json").exists():  # a finished run is kept (rerun = resume the rest)
+                cfg = load_config(a.recipe, [*a.overrides, *extra, f"seed={seed}", f"output_dir={out}",
+                                             "runtime.progress=false"])
+                rl.run(cfg)
+            runs.setdefault(name, {})[seed] = [json.loads(x) for x in metrics.read_text().splitlines()]
+    per_seed = {name: {seed: summarise(rows) for seed, rows in seeds.items()} for name, seeds in runs.items()}
+    table = {name: aggregate(seeds) for name, seeds in per_seed.items()}
+    (root / "summary.json").write_text(json.dumps({"variants": table, "runs": per_seed}, indent=2) + "\n")
     cols = list(next(iter(table.values())))
     lines = ["| variant | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, s in table.items():
         cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in s.values()]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     (root / "summary.md").write_text("\n".join(lines) + "\n")
-    plot(runs, root / "stability.png")
+    plot({name: seeds[min(seeds)] for name, seeds in runs.items()}, root / "stability.png")
     print("\n".join(lines))
 
 

@@ -119,7 +119,7 @@ def run(cfg: Config) -> dict:
     from r1rm.engines.base import Request, SamplingParams
     from r1rm.engines.hf import VISION_PLACEHOLDERS, HFEngine
     from r1rm.models.loading import load_model, load_processor
-    from r1rm.runtime.accel import apply_update, gathered_for_generation, make_accelerator, split_batch
+    from r1rm.runtime.accel import apply_update, gathered_for_generation, make_accelerator, make_optimizer, split_batch
     from r1rm.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from r1rm.runtime.judges import JudgeStats, consistency_scores
     from r1rm.runtime.metrics_log import MetricsLog
@@ -156,7 +156,7 @@ def run(cfg: Config) -> dict:
         ref = load_model(cfg.model.path, dtype=dtype, device=device_str)
         ref.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=rc.lr, weight_decay=rc.weight_decay, betas=(0.9, 0.95))
+    optimizer = make_optimizer(params, rc)
     steps_per_epoch = len(items) // rc.rollout_batch_size
     if steps_per_epoch == 0:
         raise DataError(f"{len(items)} RL prompts are fewer than one rollout batch of {rc.rollout_batch_size}",
@@ -185,13 +185,15 @@ def run(cfg: Config) -> dict:
 
     step = 0
     counters = {"skipped_updates": 0, "nonfinite_microbatches": 0, "skipped_long_prompts": 0}
+    last_eval: dict = {}
     ckpt = latest_checkpoint(out) if cfg.runtime.resume else None
     if ckpt is not None:
         state = load_checkpoint(acc, ckpt)
         step, counters = state["step"], state["counters"]
+        # run totals the metrics and summary.json report: carried by the checkpoints
+        judge_stats, last_eval = JudgeStats(**state.get("judge", {})), state.get("last_eval", {})
     log = MetricsLog(out, enabled=acc.is_main_process, resume_step=step, tensorboard=cfg.runtime.tensorboard,
                      wandb_project=cfg.runtime.wandb_project, run_config=cfg.model_dump(mode="json"))
-    last_eval: dict = {}
 
     def reduce_sum(values: list[float]) -> list[float]:
         t = torch.tensor(values, device=acc.device, dtype=torch.float64)
@@ -319,7 +321,7 @@ def run(cfg: Config) -> dict:
             # ---- 5. policy updates
             stats = {"clip_frac": 0.0, "ratio_max": 0.0, "loss_token_max": 0.0, "approx_kl": 0.0, "entropy": 0.0, "loss": 0.0,
                      "micro": 0}
-            grad_norm = None
+            grad_norm, grad_norm_max = None, None
             for ppo_epoch in range(rc.ppo_epochs):
                 g = torch.Generator().manual_seed(cfg.seed * 7919 + step * 31 + ppo_epoch)
                 perm = torch.randperm(len(seqs), generator=g).tolist()
@@ -362,6 +364,10 @@ def run(cfg: Config) -> dict:
                                 grad_norm = apply_update(acc, params, optimizer, scheduler, bad=bad,
                                                          max_grad_norm=rc.max_grad_norm, deepspeed=deepspeed,
                                                          counters=counters)
+                                if grad_norm is not None:  # the largest over the step's updates (nan/inf kept)
+                                    gn = float(grad_norm)
+                                    if grad_norm_max is None or not math.isfinite(gn) or gn > grad_norm_max:
+                                        grad_norm_max = gn
             if vllm_engine is not None:
                 from r1rm.runtime.weight_sync import push_and_check
 
@@ -391,7 +397,7 @@ def run(cfg: Config) -> dict:
                 if acc.num_processes > 1 else stats["ratio_max"],
                 "loss_token_max": float(acc.reduce(torch.tensor(stats["loss_token_max"], device=acc.device), reduction="max"))
                 if acc.num_processes > 1 else stats["loss_token_max"],
-                "grad_norm": None if grad_norm is None else float(grad_norm), "lr": scheduler.get_last_lr()[0],
+                "grad_norm": None if grad_norm is None else float(grad_norm), "grad_norm_max": grad_norm_max, "lr": scheduler.get_last_lr()[0],
                 "judge_failures": judge_stats.failures, "time_rollout_s": t_rollout, "time_reward_s": t_reward,
                 "time_train_s": t_train, "time_generate_s": t_gen, "step_time_s": t_step,
                 # everything but generate / forward / backward / optimizer: prompt encoding, rewards, advantages
@@ -405,10 +411,12 @@ def run(cfg: Config) -> dict:
             bar.update(task, advance=1, description=f"rl reward {metrics['reward']:.3f} acc {metrics['accuracy']:.2f}")
             if step % rc.save_every_steps == 0 and step < total_rollouts:
                 save_checkpoint(acc, model, processor, out, step=step, keep_last=rc.keep_last,
-                                trainer_state={"step": step, "counters": counters})
+                                trainer_state={"step": step, "counters": counters, "judge": vars(judge_stats),
+                                               "last_eval": last_eval})
 
     save_checkpoint(acc, model, processor, out, step=step, keep_last=rc.keep_last,
-                    trainer_state={"step": step, "counters": counters, "final": True})
+                    trainer_state={"step": step, "counters": counters, "judge": vars(judge_stats), "last_eval": last_eval,
+                                   "final": True})
     state_dict = acc.get_state_dict(model)
     summary = {"steps": step, "processes": acc.num_processes, "algorithm": rc.algorithm, "pre_clip": pre_clip_ratio,
                "adv_filter": adv_filter, **counters, "judge_calls": judge_stats.calls,

@@ -46,11 +46,11 @@ def run(cfg: Config) -> dict:
 
     from r1rm.core.prompts import user_message
     from r1rm.core.schedules import lr_multiplier
-    from r1rm.core.sft_loss import token_ce_sum
+    from r1rm.core.sft_loss import logits_window, token_ce_sum
     from r1rm.data.chat import record_messages
     from r1rm.data.training_sets import epoch_order, read_items
     from r1rm.models.loading import load_model, load_processor
-    from r1rm.runtime.accel import apply_update, make_accelerator, split_batch
+    from r1rm.runtime.accel import apply_update, make_accelerator, make_optimizer, split_batch
     from r1rm.runtime.batches import TooLong, collate, encode_sft
     from r1rm.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from r1rm.runtime.metrics_log import MetricsLog
@@ -78,7 +78,7 @@ def run(cfg: Config) -> dict:
                        attn_implementation=cfg.model.attn_implementation)
     model = prepare_for_training(model, cfg.model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=sc.lr, weight_decay=sc.weight_decay, betas=(0.9, 0.95))
+    optimizer = make_optimizer(params, sc)
 
     steps_per_epoch = len(items) // sc.batch_size if sc.drop_last else math.ceil(len(items) / sc.batch_size)
     if steps_per_epoch == 0:
@@ -93,10 +93,12 @@ def run(cfg: Config) -> dict:
 
     # ---- resume
     step, counters = 0, {"skipped_too_long": 0, "skipped_updates": 0, "nonfinite_microbatches": 0}
+    tokens_seen, last_loss = 0, float("nan")  # run totals for summary.json: carried by the checkpoints
     ckpt = latest_checkpoint(out) if cfg.runtime.resume else None
     if ckpt is not None:
         state = load_checkpoint(acc, ckpt)
         step, counters = state["step"], state["counters"]
+        tokens_seen, last_loss = state.get("tokens_seen", 0), state.get("last_loss", float("nan"))
     log = MetricsLog(out, enabled=acc.is_main_process, resume_step=step, tensorboard=cfg.runtime.tensorboard,
                      wandb_project=cfg.runtime.wandb_project, run_config=cfg.model_dump(mode="json"))
 
@@ -117,8 +119,6 @@ def run(cfg: Config) -> dict:
     model.train()
     last_good: list = []
     t_start = time.perf_counter()
-    tokens_seen = 0
-    last_loss = float("nan")
     with make_progress(enabled=cfg.runtime.progress and acc.is_main_process, unit="steps") as bar:
         task = bar.add_task("sft", total=total_steps, completed=step)
         while step < total_steps:
@@ -152,8 +152,9 @@ def run(cfg: Config) -> dict:
                 step_tokens += int(batch["attention_mask"].sum())
                 with acc.accumulate(model):
                     with acc.autocast():
-                        logits = model(**batch).logits
-                        loss_sum, _ = token_ce_sum(logits, labels)
+                        keep = logits_window(labels)
+                        logits = model(**batch, logits_to_keep=keep).logits
+                        loss_sum, _ = token_ce_sum(logits, labels[:, -keep:])
                     finite = bool(torch.isfinite(loss_sum))
                     if not finite:
                         bad += 1
@@ -183,11 +184,13 @@ def run(cfg: Config) -> dict:
             bar.update(task, advance=1, description=f"sft loss {loss_all:.4f} lr {lr:.2e} {tokens_all / dt:,.0f} tok/s")
             if step % sc.save_every_steps == 0 and step < total_steps:
                 save_checkpoint(acc, model, processor, out, step=step, keep_last=sc.keep_last,
-                                trainer_state={"step": step, "epoch": epoch, "batch_in_epoch": b + 1, "counters": counters})
+                                trainer_state={"step": step, "epoch": epoch, "batch_in_epoch": b + 1, "counters": counters,
+                                               "tokens_seen": tokens_seen, "last_loss": last_loss})
 
     # ---- final model
     save_checkpoint(acc, model, processor, out, step=step, keep_last=sc.keep_last,
-                    trainer_state={"step": step, "counters": counters, "final": True})
+                    trainer_state={"step": step, "counters": counters, "tokens_seen": tokens_seen, "last_loss": last_loss,
+                                   "final": True})
     state_dict = acc.get_state_dict(model)
     summary = {"steps": step, "final_loss": last_loss, "samples": len(items), "processes": acc.num_processes,
                "grad_accum": accum, "train_time_s": time.perf_counter() - t_start, "tokens_seen": tokens_seen, **counters}

@@ -13,6 +13,18 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
+def logits_window(labels: torch.Tensor) -> int:
+    """How many trailing positions need logits (`logits_to_keep`): from the one before the
+    earliest supervised label to the end. Prompt logits (image tokens included: thousands of
+    positions × a 152k vocabulary for Qwen) are never materialised. Labels are right-padded, so
+    the window is the same for every row; `labels[:, -k:]` aligns with the returned logits."""
+    width = labels.shape[1]
+    supervised = (labels != IGNORE).any(dim=0).nonzero()
+    if len(supervised) == 0:
+        return width
+    return width - max(int(supervised[0]) - 1, 0)
+
+
 def token_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Sum of next-token cross-entropy and the count of supervised tokens.
 

@@ -6,9 +6,12 @@ processor and the real chat format of the reward models r1rm trains
 generates on a CPU. `build_tiny_model` writes such a checkpoint into a folder:
 
 * ``config.json`` + ``model.safetensors``: a Qwen2.5-VL (``arch="qwen2_5_vl"``) or
-  Qwen2-VL (``arch="qwen2_vl"``) with a 2-layer, 64-wide text decoder and a 2-block
-  vision tower (patch 14, temporal patch 2, spatial merge 2), about 0.5M parameters,
-  random weights drawn from ``seed``;
+  Qwen2-VL (``arch="qwen2_vl"``) with, by default (``size=TINY``), a 4-layer, 128-wide
+  text decoder and a 2-block, 64-wide vision tower (patch 14, temporal patch 2, spatial
+  merge 2), about 1.1M parameters, random weights drawn from ``seed``. ``size=MID`` (or any
+  ``ModelSize``) changes only the widths and depths: ``MID`` is a ~0.39B-parameter model
+  (Qwen2.5-0.5B's text decoder, an 8-block vision tower) for GPU benchmarks
+  (``bench/gpu_check.py``); everything else below stays the same;
 * a byte-level BPE tokenizer trained here with the `tokenizers` library, with the
   Qwen2 pre-tokenizer (digits split one by one, so "1" and "2" are always single
   tokens), Qwen2.5-VL's special tokens (``<|im_start|>``, ``<|im_end|>``,
@@ -28,13 +31,15 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-__all__ = ["build_tiny_model", "ARCHS", "SPECIAL_TOKENS", "EXTRA_TOKENS", "CHAT_TEMPLATE", "default_corpus"]
+__all__ = ["build_tiny_model", "model_config", "ModelSize", "TINY", "MID", "SIZES", "ARCHS", "SPECIAL_TOKENS",
+           "EXTRA_TOKENS", "CHAT_TEMPLATE", "default_corpus"]
 
 ARCHS = ("qwen2_5_vl", "qwen2_vl")
 
@@ -91,12 +96,59 @@ MAX_PIXELS = 112 * 112  # 12544
 VIDEO_MIN_PIXELS = 28 * 28 * 2  # 1568
 VIDEO_MAX_PIXELS = 56 * 56  # 3136 per frame
 
-TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
-HEAD_DIM = TEXT["hidden_size"] // TEXT["num_attention_heads"]  # 32
-MROPE_SECTION = [4, 6, 6]  # temporal, height, width: sums to HEAD_DIM // 2
-assert sum(MROPE_SECTION) == HEAD_DIM // 2
-VISION_HIDDEN = 64
-VISION_HEADS = 4  # vision head_dim 16: the 2D axial rope needs head_dim % 4 == 0
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Widths and depths of the checkpoint `build_tiny_model` writes; the defaults are the tiny model.
+
+    Text decoder: `hidden_size`, `intermediate_size` (SwiGLU), `num_hidden_layers`, query / KV heads,
+    `mrope_section` (temporal, height, width; sums to head_dim / 2). Vision tower: `vision_depth`
+    blocks of width `vision_hidden_size` (MLP `vision_intermediate_size`, `vision_heads` heads),
+    full attention in `vision_fullatt_blocks` and window attention (`vision_window_size` pixels)
+    in the others (Qwen2-VL has no windows and ignores both).
+    """
+
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    mrope_section: tuple[int, int, int] = (4, 6, 6)
+    vision_depth: int = 2
+    vision_hidden_size: int = 64
+    vision_intermediate_size: int = 128
+    vision_heads: int = 4  # vision head_dim 16: the 2D axial rope needs head_dim % 4 == 0
+    vision_fullatt_blocks: tuple[int, ...] = (1,)  # block 0: window attention, block 1: full attention
+    vision_window_size: int = 56  # 4x4 patches = 2x2 merged tokens per window
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.hidden_size % self.num_attention_heads:
+            problems.append("hidden_size must be a multiple of num_attention_heads")
+        elif 2 * sum(self.mrope_section) != self.hidden_size // self.num_attention_heads:
+            problems.append(f"mrope_section must sum to head_dim / 2 = {self.hidden_size // self.num_attention_heads // 2}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            problems.append("num_attention_heads must be a multiple of num_key_value_heads")
+        if self.vision_hidden_size % self.vision_heads or (self.vision_hidden_size // self.vision_heads) % 4:
+            problems.append("vision_hidden_size / vision_heads must be a multiple of 4 (2D rope)")
+        if self.vision_intermediate_size % self.vision_hidden_size:
+            problems.append("vision_intermediate_size must be a multiple of vision_hidden_size (Qwen2-VL's mlp_ratio)")
+        if any(not 0 <= b < self.vision_depth for b in self.vision_fullatt_blocks):
+            problems.append("vision_fullatt_blocks must index blocks below vision_depth")
+        if problems:
+            raise ValueError(f"invalid ModelSize: {'; '.join(problems)}")
+
+
+TINY = ModelSize()
+# Qwen2.5-0.5B's text decoder (896 wide, 24 layers, 14 heads of 64, 2 KV heads, MLP 4864; Qwen2.5-VL's
+# mrope split scaled to head_dim 64) with the tiny tokenizer's vocabulary, and an 8-block, 512-wide vision
+# tower (Qwen2.5-VL's pattern: window attention, full attention every 4th block): about 0.39B parameters.
+MID = ModelSize(
+    hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+    mrope_section=(8, 12, 12), vision_depth=8, vision_hidden_size=512, vision_intermediate_size=1536, vision_heads=8,
+    vision_fullatt_blocks=(3, 7), vision_window_size=112,
+)
+SIZES = {"tiny": TINY, "mid": MID}
 
 
 def default_corpus() -> list[str]:
@@ -194,18 +246,24 @@ def _train_tokenizer(corpus: Iterable[str], vocab_size: int):
     return tokenizer
 
 
-def _model_config(arch: str, tok, vocab_size: int):
-    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+def model_config(arch: str, token_ids: Mapping[str, int], vocab_size: int, size: ModelSize = TINY):
+    """The transformers config of the checkpoint (no weights allocated): `token_ids` maps each of
+    `SPECIAL_TOKENS` to its id; `vocab_size` is the embedding rows (the tokenizer's length)."""
+    ids = token_ids
     text = dict(
-        TEXT,
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_hidden_layers,
+        num_attention_heads=size.num_attention_heads,
+        num_key_value_heads=size.num_key_value_heads,
         vocab_size=vocab_size,
         hidden_act="silu",
         max_position_embeddings=4096,
         rms_norm_eps=1e-6,
         use_sliding_window=False,
         sliding_window=None,
-        max_window_layers=TEXT["num_hidden_layers"],
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": list(MROPE_SECTION)},
+        max_window_layers=size.num_hidden_layers,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": list(size.mrope_section)},
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
@@ -223,31 +281,31 @@ def _model_config(arch: str, tok, vocab_size: int):
         from transformers import Qwen2_5_VLConfig
 
         vision = dict(
-            depth=2,
-            hidden_size=VISION_HIDDEN,
-            intermediate_size=2 * VISION_HIDDEN,
-            num_heads=VISION_HEADS,
+            depth=size.vision_depth,
+            hidden_size=size.vision_hidden_size,
+            intermediate_size=size.vision_intermediate_size,
+            num_heads=size.vision_heads,
             hidden_act="silu",
             in_channels=3,
             patch_size=14,
             spatial_merge_size=2,
             temporal_patch_size=2,
             tokens_per_second=2,
-            window_size=56,  # 4x4 patches = 2x2 merged tokens per window
-            out_hidden_size=TEXT["hidden_size"],
-            fullatt_block_indexes=[1],  # block 0: window attention, block 1: full attention
+            window_size=size.vision_window_size,
+            out_hidden_size=size.hidden_size,
+            fullatt_block_indexes=list(size.vision_fullatt_blocks),
         )
         cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
     elif arch == "qwen2_vl":
         from transformers import Qwen2VLConfig
 
         vision = dict(
-            depth=2,
-            embed_dim=VISION_HIDDEN,
-            hidden_size=TEXT["hidden_size"],  # Qwen2-VL: the merger's output width
+            depth=size.vision_depth,
+            embed_dim=size.vision_hidden_size,
+            hidden_size=size.hidden_size,  # Qwen2-VL: the merger's output width
             hidden_act="quick_gelu",
-            mlp_ratio=2,
-            num_heads=VISION_HEADS,
+            mlp_ratio=size.vision_intermediate_size // size.vision_hidden_size,
+            num_heads=size.vision_heads,
             in_channels=3,
             patch_size=14,
             spatial_merge_size=2,
@@ -266,10 +324,12 @@ def build_tiny_model(
     arch: str = "qwen2_5_vl",
     corpus: Iterable[str] | None = None,
     vocab_size: int = 1024,
+    size: ModelSize = TINY,
 ) -> Path:
     """Write a tiny random Qwen2.5-VL / Qwen2-VL checkpoint (model, processor, chat template) into `out_dir`.
 
-    Deterministic: the same `seed`, `arch`, `corpus` and `vocab_size` give byte-identical files.
+    `size` sets the widths and depths (`TINY`, `MID` or any `ModelSize`); nothing else depends on it.
+    Deterministic: the same `seed`, `arch`, `corpus`, `vocab_size` and `size` give byte-identical files.
     The global torch RNG state is left as it was. Returns `out_dir` as a `Path`.
     """
     from transformers import (
@@ -317,7 +377,8 @@ def build_tiny_model(
 
     # the model's vocabulary is exactly the tokenizer's: an id beyond it would decode to nothing,
     # and a random model would then produce "empty" answers
-    config = _model_config(arch, tokenizer, len(tokenizer))
+    token_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = model_config(arch, token_ids, len(tokenizer), size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)

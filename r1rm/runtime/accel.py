@@ -21,7 +21,7 @@ def mixed_precision_for(setting: str, device: str) -> str:
     return setting
 
 
-def make_accelerator(*, deepspeed_config: str | None, grad_accum: int, micro_batch: int, max_grad_norm: float,
+def make_accelerator(*, deepspeed_config: str | None, grad_accum: int, micro_batch: int, max_grad_norm: float | None,
                      device: str, mixed_precision: str = "auto"):
     """An Accelerator for this launch; with `deepspeed_config`, DeepSpeed ZeRO from that JSON."""
     import torch
@@ -59,7 +59,8 @@ def make_accelerator(*, deepspeed_config: str | None, grad_accum: int, micro_bat
     # r1rm feeds its own batches (no prepared DataLoader), so DeepSpeed's "auto" sizes are set here
     ds["train_micro_batch_size_per_gpu"] = micro_batch
     ds.pop("train_batch_size", None)
-    plugin = DeepSpeedPlugin(hf_ds_config=ds, gradient_accumulation_steps=grad_accum, gradient_clipping=max_grad_norm)
+    plugin = DeepSpeedPlugin(hf_ds_config=ds, gradient_accumulation_steps=grad_accum,
+                             gradient_clipping=max_grad_norm or 0.0)  # DeepSpeed: 0 = no clipping
     return Accelerator(deepspeed_plugin=plugin, gradient_accumulation_steps=grad_accum, mixed_precision=mp)
 
 
@@ -88,14 +89,26 @@ def gathered_for_generation(acc, model):
         yield
 
 
-def apply_update(acc, params, optimizer, scheduler, *, bad, max_grad_norm: float, deepspeed: bool, counters: dict):
+def make_optimizer(params, oc):
+    """The optimizer an `OptimConfig` section names (sft and rl share it)."""
+    import torch
+
+    if oc.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=oc.lr, weight_decay=oc.weight_decay)
+    return torch.optim.AdamW(params, lr=oc.lr, weight_decay=oc.weight_decay, betas=(0.9, 0.95))
+
+
+def apply_update(acc, params, optimizer, scheduler, *, bad, max_grad_norm: float | None, deepspeed: bool,
+                 counters: dict):
     """At the accumulation boundary: clip, and step the optimizer and scheduler — unless any
     process saw a non-finite loss or the gradient norm is not finite, in which case the update
     is skipped and counted (`counters["skipped_updates"]`). Under DeepSpeed the engine steps
     inside backward, so only the count of non-finite micro-batches applies. Returns the grad norm."""
     import torch
 
-    grad_norm = acc.clip_grad_norm_(params, max_grad_norm) if not deepspeed else None
+    # no clipping (None) still measures the norm: an infinite bound leaves the gradients as they are
+    bound = float("inf") if max_grad_norm is None else max_grad_norm
+    grad_norm = acc.clip_grad_norm_(params, bound) if not deepspeed else None
     any_bad = float(acc.reduce(bad.clone(), reduction="sum")) > 0
     if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)):
         any_bad = True

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from r1rm.core.sft_loss import IGNORE
+from r1rm.core.sft_loss import IGNORE, logits_window
 from r1rm.runtime.batches import Encoded, collate
 
 
@@ -59,10 +59,13 @@ def token_logprobs(model, encoded: list[Encoded], *, pad_id: int, device, with_e
     vocabulary × sequence at once."""
     batch = {k: v.to(device) for k, v in collate(encoded, pad_id=pad_id).items()}
     labels = batch.pop("labels")
-    logits = model(**batch).logits[:, :-1, :]
+    # logits only from the position before the first response token on (never the prompt's)
+    keep = logits_window(labels)
+    logits = model(**batch, logits_to_keep=keep).logits[:, :-1, :]
     target = labels[:, 1:]
     mask = target != IGNORE
-    sel = logits[mask].float()
+    win = mask[:, -(keep - 1):] if keep > 1 else mask[:, :0]
+    sel = logits[win].float()
     logsm = torch.log_softmax(sel, dim=-1)
     logp = torch.zeros(target.shape, device=logits.device, dtype=torch.float32)
     logp[mask] = logsm.gather(-1, target[mask].unsqueeze(-1)).squeeze(-1)
