@@ -4,8 +4,9 @@ A checkpoint `<output_dir>/checkpoints/step-0000100/` holds the model in Hugging
 (loads with `from_pretrained`, `r1rm eval`, `r1rm rl`), `state/` (optimizer, scheduler, RNG
 of every process, via accelerate — DeepSpeed's own format under ZeRO) and
 `trainer_state.json` (step, data position, counters). It is written under a `.tmp-` name and
-renamed only when complete, so a run killed at any moment leaves either the previous
-checkpoints or the new one — never half of one.
+renamed only when complete, and a checkpoint is deleted (pruned, or replaced by a rerun's save
+of the same step) only after being renamed to a `.del-` name, so a run killed at any moment
+leaves either the previous checkpoints or the new one — never half of one.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _remove_dir(path: Path) -> None:
+    """Delete a checkpoint folder without a kill ever leaving part of it under its `step-` name."""
+    trash = path.with_name(f".del-{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def save_checkpoint(accelerator, model, processor, out_dir: str | os.PathLike, *, step: int, trainer_state: dict,
                     keep_last: int) -> Path:
     """Every process calls this (ZeRO gathers need them all); the main process writes and renames."""
@@ -50,7 +59,8 @@ def save_checkpoint(accelerator, model, processor, out_dir: str | os.PathLike, *
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-step-{step:07d}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in [*root.glob(".tmp-step-*"), *root.glob(".del-step-*")]:  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)
@@ -60,10 +70,11 @@ def save_checkpoint(accelerator, model, processor, out_dir: str | os.PathLike, *
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_json_atomic(tmp / STATE, trainer_state)
-        shutil.rmtree(final, ignore_errors=True)
+        if final.exists():  # a rerun saving the same step again (e.g. resumed from its final checkpoint)
+            _remove_dir(final)
         os.replace(tmp, final)
         for old in checkpoint_dirs(out_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_dir(old)
     accelerator.wait_for_everyone()
     return final
 

@@ -9,9 +9,6 @@ import hashlib
 import io
 import json
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -210,32 +207,72 @@ def test_teacher_attempts_failures_cache_and_resume_against_a_scripted_endpoint(
     assert cli("build-data", "--recipe", r).returncode == 0 and sum(scripted.hits.values()) == before
 
 
-def test_teacher_killed_mid_run_resumes_without_repeating_calls(scripted, tmp_path):
+def test_teacher_killed_mid_run_resumes_without_repeating_calls(cli, scripted, tmp_path):
+    """Two SIGKILLs in a row, each at a random moment of the teacher loop (after a random number
+    of endpoint hits, then a random part of a request's latency), then a run to the end: the
+    outputs equal an uninterrupted run's, every request is cached once, and only the requests in
+    flight at a kill are asked again (R1RM_KILL_SEED replays the moments)."""
+    from killing import kill_rng, run_and_kill
+
     scripted.delay_s = 0.15
     scripted.failing = False
     scripts = ["right@2"] * 12
     data = scripted_data(tmp_path / "d", scripts)
+
+    def teacher_recipe(out: Path) -> Path:
+        return recipe(tmp_path, out, [{"name": "s", "format": "jsonl", "path": str(data)}],
+                      engine=openai_engine(scripted.url, concurrency=2), build={"chunk_size": 2})
+
+    full = tmp_path / "full"
+    proc = cli("build-data", "--recipe", teacher_recipe(full))
+    assert proc.returncode == 0, proc.stderr
+    assert sum(scripted.hits.values()) == 24 and set(scripted.hits.values()) == {1}  # 12 items x 2 attempts
+    outputs = ("sft.jsonl", "rl.jsonl", "teacher.jsonl")
+    want = {name: (full / name).read_text() for name in outputs}
+    assert len(want["sft.jsonl"].splitlines()) == len(want["rl.jsonl"].splitlines()) == 12
+
+    scripted.hits.clear()
     out = tmp_path / "o"
-    r = recipe(tmp_path, out, [{"name": "s", "format": "jsonl", "path": str(data)}],
-               engine=openai_engine(scripted.url, concurrency=2), build={"chunk_size": 2})
-    cmd = [sys.executable, "-m", "r1rm.cli", "build-data", "--recipe", str(r)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while sum(scripted.hits.values()) < 9 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = sum(scripted.hits.values())
-    assert 9 <= killed_at < 24
-    assert subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
-    # 12 items x 2 attempts = 24 distinct requests; at most the 2 in flight at the kill are asked twice
+    r = teacher_recipe(out)
+
+    def cached_keys() -> list[str]:
+        p = out / "teacher_cache.jsonl"
+        text = p.read_bytes() if p.exists() else b""
+        return [json.loads(x)["key"] for x in text.split(b"\n")[:-1]]  # newline-ended lines: complete
+
+    kills = []
+    for attempt in range(2):
+        rng = kill_rng("teacher", attempt)
+        before = sum(scripted.hits.values())
+        n = rng.randint(1, max(1, 24 - len(set(cached_keys()))))  # kill after the n-th request of this run ...
+        delay = rng.uniform(0.0, 0.2)  # ... and a random part of its 0.15 s latency (or just after it)
+        kills.append(run_and_kill(["build-data", "--recipe", r], label="teacher", attempt=attempt, delay_s=delay,
+                                  trigger=lambda n=n, before=before: sum(scripted.hits.values()) >= before + n,
+                                  note=f"hit {n} of this run + ", timeout_s=120,
+                                  left=lambda: f"{len(cached_keys())} cached, manifest {(out / 'manifest.json').exists()}"))
+        why = "\n".join(map(str, kills))
+        assert kills[-1].killed or kills[-1].returncode == 0, f"{why}\n{kills[-1].stderr_tail}"
+        keys = cached_keys()
+        assert len(keys) == len(set(keys)) <= 24, why
+        for name in outputs:  # an output is there complete, or not at all
+            assert not (out / name).exists() or (out / name).read_text() == want[name], (name, why)
+        if (out / "manifest.json").exists():  # nothing presented as complete before it is
+            assert json.loads((out / "manifest.json").read_text())["complete"], why
+            assert all((out / name).exists() for name in outputs), why
+    proc = cli("build-data", "--recipe", r)
+    why = "\n".join(map(str, kills))
+    assert proc.returncode == 0, f"{why}\n{proc.stderr}"
+    # 24 distinct requests; a kill repeats at most the 2 in flight (build.chunk_size) when it struck
+    n_killed = sum(k.killed for k in kills)
     total = sum(scripted.hits.values())
-    assert 24 <= total <= 24 + 2
-    assert all(n <= 2 for n in scripted.hits.values())
-    cached = [json.loads(x)["key"] for x in (out / "teacher_cache.jsonl").read_text().splitlines()]
-    assert len(cached) == len(set(cached)) == 24
-    rl = lines(out / "rl.jsonl")
-    assert len(rl) == len({x["uid"] for x in rl}) == 12 and lines(out / "sft.jsonl").__len__() == 12
+    assert 24 <= total <= 24 + 2 * n_killed, (total, why)
+    assert len(scripted.hits) == 24 and all(v <= 1 + n_killed for v in scripted.hits.values()), why
+    keys = cached_keys()
+    assert len(keys) == len(set(keys)) == 24, why
+    for name in outputs:  # no record lost or duplicated: the uninterrupted run's outputs, byte for byte
+        assert (out / name).read_text() == want[name], (name, why)
+    m_full, m_out = (json.loads((d / "manifest.json").read_text()) for d in (full, out))
+    assert m_out["complete"] and m_out["teacher"] == m_full["teacher"], why
 
 
 def test_cmkd_keeps_the_most_confident_right_chain(cli, scripted, tmp_path):

@@ -3,10 +3,8 @@ reference model, a model consistency judge that fails, checkpoints and exact res
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -103,25 +101,60 @@ def test_rl_config_errors(cli, tiny, data, tmp_path):
     assert proc.returncode == 2 and "fewer than one rollout batch" in proc.stderr
 
 
+def complete_rows(out: Path) -> list[dict]:
+    """The complete rows of metrics.jsonl (a line cut by a kill is not one)."""
+    found = []
+    for line in (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []:
+        try:
+            found.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return found
+
+
 def test_kill_and_resume_gives_the_same_run(cli, tiny, data, tmp_path):
+    """SIGKILL the same run three times in a row, each at a random moment (5–95 % of an
+    uninterrupted run's wall time), then let it finish: every step logged once with the
+    uninterrupted run's rewards, lengths and losses, the same summary and weights, and never a
+    half-written checkpoint (R1RM_KILL_SEED replays the moments)."""
+    from killing import assert_checkpoints_complete, assert_same_weights, kill_at_random_moment, timed, training_state
+
     full, killed = tmp_path / "full", tmp_path / "killed"
     extra = ["rl.max_steps=4", "rl.save_every_steps=2"]
-    assert cli(*args(tiny, data, full, *extra)).returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "r1rm.cli", *args(tiny, data, killed, *extra)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    ckpt = killed / "checkpoints" / "step-0000002"
-    deadline = time.monotonic() + 300
-    while not ckpt.exists():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert cli(*args(tiny, data, killed, *extra)).returncode == 0
-    a, b = rows(full), rows(killed)
-    assert [x["step"] for x in b] == [1, 2, 3, 4]
+    proc, duration = timed(cli, *args(tiny, data, full, *extra))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = rows(full)
+    ref_ckpt = full / "checkpoints" / "step-0000004"
+
+    def same(x: dict, y: dict) -> bool:
+        return (x["step"] == y["step"] and x["reward"] == y["reward"] and x["response_length"] == y["response_length"]
+                and x["loss"] == pytest.approx(y["loss"], abs=1e-5))
+
+    kills = []
+    for attempt in range(3):
+        kills.append(kill_at_random_moment(args(tiny, data, killed, *extra), label="rl", attempt=attempt,
+                                           duration_s=duration, left=lambda: training_state(killed)))
+        why = "\n".join(map(str, kills))
+        assert kills[-1].killed or kills[-1].returncode == 0, f"{why}\n{kills[-1].stderr_tail}"
+        b = complete_rows(killed)  # at every moment: steps 1..m once each, as in the uninterrupted run
+        assert len(b) <= 4 and all(same(x, y) for x, y in zip(a[: len(b)], b, strict=True)), why
+        assert_checkpoints_complete(killed, ref_ckpt, why, mid_run=True)
+    proc = cli(*args(tiny, data, killed, *extra))
+    why = "\n".join(map(str, kills))
+    assert proc.returncode == 0, f"{why}\n{proc.stderr[-3000:]}"
+    b = rows(killed)
+    assert [x["step"] for x in b] == [1, 2, 3, 4], why
     for x, y in zip(a, b, strict=True):
-        assert x["reward"] == y["reward"] and x["response_length"] == y["response_length"]
-        assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
+        assert x["reward"] == y["reward"] and x["response_length"] == y["response_length"], (x["step"], why)
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-5), (x["step"], why)
+    s_full, s_killed = (json.loads((d / "summary.json").read_text()) for d in (full, killed))
+    assert s_killed == s_full, why
+    assert_same_weights(full / "model", killed / "model", why)
+    assert_checkpoints_complete(killed, ref_ckpt, why)
+    names = sorted(p.name for p in (full / "checkpoints").iterdir())
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == names, why
+    for n in names:
+        assert_same_weights(full / "checkpoints" / n, killed / "checkpoints" / n, why)
 
 
 def test_both_orders_rolls_out_each_item_twice_label_balanced(cli, tiny, data, tmp_path):

@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -95,32 +93,64 @@ def test_bad_batch_and_data_are_user_errors(cli, tiny, data, tmp_path):
     assert proc.returncode == 2 and f"{bad}:1" in proc.stderr and "no SFT target" in proc.stderr
 
 
-def _run_until_checkpoint_then_kill(cmd: list[str], ckpt: Path, timeout: float = 300) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "r1rm.cli", *cmd], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    deadline = time.monotonic() + timeout
-    while not ckpt.exists():
-        assert proc.poll() is None, "run ended before the checkpoint appeared"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.3)  # let it get into the next steps before the kill
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+def metric_rows(out: Path) -> list[dict]:
+    """The complete rows of metrics.jsonl (a line cut by a kill is not one)."""
+    rows = []
+    for line in (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
 
 
 def test_kill_and_resume_reproduces_the_loss_curve(cli, tiny, data, tmp_path):
+    """SIGKILL the same run three times in a row, each at a random moment (5–95 % of an
+    uninterrupted run's wall time: while loading, mid-step, mid-checkpoint, after the end), then
+    let it finish: every step logged once with the uninterrupted run's loss, the same summary and
+    weights, and never a half-written checkpoint (R1RM_KILL_SEED replays the moments)."""
+    from killing import assert_checkpoints_complete, assert_same_weights, kill_at_random_moment, timed, training_state
+
     full, killed = tmp_path / "full", tmp_path / "killed"
     common = ["sft.max_steps=10", "sft.save_every_steps=4", "sft.batch_size=4", "sft.micro_batch_size=2"]
-    assert cli(*args(tiny, data, full, *common)).returncode == 0
-    _run_until_checkpoint_then_kill(args(tiny, data, killed, *common), killed / "checkpoints" / "step-0000004")
-    # a half-written checkpoint from the kill must be ignored
-    (killed / "checkpoints" / ".tmp-step-0000008").mkdir(exist_ok=True)
-    proc = cli(*args(tiny, data, killed, *common))
+    proc, duration = timed(cli, *args(tiny, data, full, *common))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = losses(full), losses(killed)
-    assert sorted(b) == list(range(1, 11))  # no step lost or logged twice
-    for s in range(1, 11):
-        assert b[s] == pytest.approx(a[s], abs=1e-5), s
+    a = losses(full)
+    ref_ckpt = full / "checkpoints" / "step-0000010"
+    kills = []
+    for attempt in range(3):
+        kills.append(kill_at_random_moment(args(tiny, data, killed, *common), label="sft", attempt=attempt,
+                                           duration_s=duration, left=lambda: training_state(killed)))
+        why = "\n".join(map(str, kills))
+        assert kills[-1].killed or kills[-1].returncode == 0, f"{why}\n{kills[-1].stderr_tail}"
+        # at every moment: the logged steps are 1..m, once each, with the uninterrupted losses
+        rows = metric_rows(killed)
+        assert [r["step"] for r in rows] == list(range(1, len(rows) + 1)), why
+        assert all(r["loss"] == pytest.approx(a[r["step"]], abs=1e-5) for r in rows), why
+        assert_checkpoints_complete(killed, ref_ckpt, why, mid_run=True)  # step- names: complete ones only
+    # a half-written checkpoint (a kill inside its write) must be ignored, and cleaned up
+    junk = killed / "checkpoints" / ".tmp-step-0000008"
+    junk.mkdir(parents=True, exist_ok=True)
+    (junk / "trainer_state.json").write_text(json.dumps({"step": 8, "counters": {}}))
+    (junk / "model.safetensors").write_bytes(b"cut")
+    proc = cli(*args(tiny, data, killed, *common))
+    why = "\n".join(map(str, kills))
+    assert proc.returncode == 0, f"{why}\n{proc.stderr[-3000:]}"
+    rows = metric_rows(killed)
+    assert [r["step"] for r in rows] == list(range(1, 11)), why  # no step lost or logged twice
+    for r in rows:
+        assert r["loss"] == pytest.approx(a[r["step"]], abs=1e-5), (r["step"], why)
+    s_full, s_killed = (json.loads((d / "summary.json").read_text()) for d in (full, killed))
+    for key in ("steps", "samples", "tokens_seen", "skipped_too_long", "skipped_updates", "nonfinite_microbatches"):
+        assert s_killed[key] == s_full[key], (key, why)
+    assert s_killed["final_loss"] == pytest.approx(s_full["final_loss"], abs=1e-5), why
+    assert {p.name for p in (killed / "model").iterdir()} == {p.name for p in (full / "model").iterdir()}, why
+    assert_same_weights(full / "model", killed / "model", why)
+    assert_checkpoints_complete(killed, ref_ckpt, why)
+    names = sorted(p.name for p in (full / "checkpoints").iterdir())
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == names, why
+    for n in names:
+        assert_same_weights(full / "checkpoints" / n, killed / "checkpoints" / n, why)
 
 
 def test_freeze_vision_and_lora(cli, tiny, data, tmp_path):
