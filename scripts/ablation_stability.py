@@ -37,7 +37,7 @@ def summarise(rows: list[dict]) -> dict:
         "steps": last["step"],
         "loss_token_max": finite_max("loss_token_max"),
         "ratio_max": finite_max("ratio_max"),
-        "grad_norm_max": finite_max("grad_norm"),
+        "grad_norm_max": finite_max("grad_norm_max" if "grad_norm_max" in last else "grad_norm"),
         "first_nonfinite_step": bad[0] if bad else None,
         "nonfinite_microbatches": last["nonfinite_microbatches"],
         "skipped_updates": last["skipped_updates"],
@@ -62,13 +62,13 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
     for name, rows in runs.items():
         steps = [r["step"] for r in rows]
         line, = a.plot(steps, [finite(r["loss_token_max"]) for r in rows], label=name)
-        g.plot(steps, [finite(r["grad_norm"]) for r in rows], color=line.get_color())
+        g.plot(steps, [finite(r.get("grad_norm_max", r["grad_norm"])) for r in rows], color=line.get_color())
         # the first step with a non-finite loss or gradient (its update skipped): a dotted line
         first_bad = next((r["step"] for r in rows if r["nonfinite_microbatches"] or r["skipped_updates"]), None)
         if first_bad is not None:
             g.axvline(first_bad, color=line.get_color(), linestyle=":", linewidth=1)
         b.plot(steps, [r["reward"] for r in rows], color=line.get_color())
-    for ax, label in ((a, "largest per-token loss term"), (g, "gradient norm (before any clipping)")):
+    for ax, label in ((a, "largest per-token loss term"), (g, "largest gradient norm in the step")):
         ax.set_yscale("log")
         ax.set_xlabel("rollout step")
         ax.set_ylabel(label)
