@@ -104,6 +104,17 @@ def training_state(out: Path) -> str:
     return f"{n} metrics rows, checkpoints {sorted(p.name for p in root.iterdir()) if root.is_dir() else []}"
 
 
+def complete_rows(out: Path) -> list[dict]:
+    """The complete rows of `out/metrics.jsonl` (a line cut by a kill is not one)."""
+    found = []
+    for line in (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []:
+        try:
+            found.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return found
+
+
 def timed(fn: Callable, *a, **kw):
     """(fn(*a, **kw), seconds it took)."""
     t0 = time.monotonic()

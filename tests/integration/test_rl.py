@@ -101,23 +101,19 @@ def test_rl_config_errors(cli, tiny, data, tmp_path):
     assert proc.returncode == 2 and "fewer than one rollout batch" in proc.stderr
 
 
-def complete_rows(out: Path) -> list[dict]:
-    """The complete rows of metrics.jsonl (a line cut by a kill is not one)."""
-    found = []
-    for line in (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []:
-        try:
-            found.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return found
-
-
 def test_kill_and_resume_gives_the_same_run(cli, tiny, data, tmp_path):
     """SIGKILL the same run three times in a row, each at a random moment (5–95 % of an
     uninterrupted run's wall time), then let it finish: every step logged once with the
     uninterrupted run's rewards, lengths and losses, the same summary and weights, and never a
     half-written checkpoint (R1RM_KILL_SEED replays the moments)."""
-    from killing import assert_checkpoints_complete, assert_same_weights, kill_at_random_moment, timed, training_state
+    from killing import (
+        assert_checkpoints_complete,
+        assert_same_weights,
+        complete_rows,
+        kill_at_random_moment,
+        timed,
+        training_state,
+    )
 
     full, killed = tmp_path / "full", tmp_path / "killed"
     extra = ["rl.max_steps=4", "rl.save_every_steps=2"]

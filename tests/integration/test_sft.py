@@ -93,23 +93,19 @@ def test_bad_batch_and_data_are_user_errors(cli, tiny, data, tmp_path):
     assert proc.returncode == 2 and f"{bad}:1" in proc.stderr and "no SFT target" in proc.stderr
 
 
-def metric_rows(out: Path) -> list[dict]:
-    """The complete rows of metrics.jsonl (a line cut by a kill is not one)."""
-    rows = []
-    for line in (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
-
-
 def test_kill_and_resume_reproduces_the_loss_curve(cli, tiny, data, tmp_path):
     """SIGKILL the same run three times in a row, each at a random moment (5–95 % of an
     uninterrupted run's wall time: while loading, mid-step, mid-checkpoint, after the end), then
     let it finish: every step logged once with the uninterrupted run's loss, the same summary and
     weights, and never a half-written checkpoint (R1RM_KILL_SEED replays the moments)."""
-    from killing import assert_checkpoints_complete, assert_same_weights, kill_at_random_moment, timed, training_state
+    from killing import (
+        assert_checkpoints_complete,
+        assert_same_weights,
+        complete_rows,
+        kill_at_random_moment,
+        timed,
+        training_state,
+    )
 
     full, killed = tmp_path / "full", tmp_path / "killed"
     common = ["sft.max_steps=10", "sft.save_every_steps=4", "sft.batch_size=4", "sft.micro_batch_size=2"]
@@ -124,7 +120,7 @@ def test_kill_and_resume_reproduces_the_loss_curve(cli, tiny, data, tmp_path):
         why = "\n".join(map(str, kills))
         assert kills[-1].killed or kills[-1].returncode == 0, f"{why}\n{kills[-1].stderr_tail}"
         # at every moment: the logged steps are 1..m, once each, with the uninterrupted losses
-        rows = metric_rows(killed)
+        rows = complete_rows(killed)
         assert [r["step"] for r in rows] == list(range(1, len(rows) + 1)), why
         assert all(r["loss"] == pytest.approx(a[r["step"]], abs=1e-5) for r in rows), why
         assert_checkpoints_complete(killed, ref_ckpt, why, mid_run=True)  # step- names: complete ones only
@@ -136,7 +132,7 @@ def test_kill_and_resume_reproduces_the_loss_curve(cli, tiny, data, tmp_path):
     proc = cli(*args(tiny, data, killed, *common))
     why = "\n".join(map(str, kills))
     assert proc.returncode == 0, f"{why}\n{proc.stderr[-3000:]}"
-    rows = metric_rows(killed)
+    rows = complete_rows(killed)
     assert [r["step"] for r in rows] == list(range(1, 11)), why  # no step lost or logged twice
     for r in rows:
         assert r["loss"] == pytest.approx(a[r["step"]], abs=1e-5), (r["step"], why)
