@@ -90,9 +90,9 @@ transfer: demo-model
 	  $(R1RM) eval --recipe recipes/tiny/eval.yaml model.path=$(TR)/$$m/model data.eval=[$(TR)/image/eval.jsonl] output_dir=$(TR)/eval_$$m || exit 1; done
 
 # R1-Reward Table 6 in miniature: reinforce_pp / no filter / no Pre-CLIP / stable_reinforce under stress,
-# from the demo's SFT checkpoint (run `make demo` first)
+# from the demo SFT run's step-500 checkpoint, an imperfect policy (run `make demo` first)
 ablation-stability: install
-	$(PY) scripts/ablation_stability.py --recipe recipes/tiny/ablation_stability.yaml model.path=$(DEMO)/sft/model \
+	$(PY) scripts/ablation_stability.py --recipe recipes/tiny/ablation_stability.yaml model.path=$(DEMO)/sft/checkpoints/step-0000500 \
 	  data.train=[$(DEMO)/data/train.jsonl] data.eval=[$(DEMO)/data/eval.jsonl] output_dir=out/ablation/stability --seeds 0 1 2
 
 lint: install

@@ -3,7 +3,7 @@ initialised Qwen2.5-VL-shaped model, run through r1rm's own commands, and the SF
 
 What it does, top to bottom:
 1. Preflight: the packages r1rm needs import, transformers is 5.x, `--device cuda` sees a GPU;
-   otherwise it stops at once (exit 2) saying what to install.
+   otherwise it stops at once (exit 1) saying what to install.
 2. Builds the model offline with `r1rm.models.tiny.build_tiny_model(size=...)`: preset `mid` is
    `tiny.MID` (~0.39B parameters: Qwen2.5-0.5B's text decoder, 896 wide, 24 layers, and an 8-block
    vision tower; the tiny tokenizer's 878-token vocabulary), preset `tiny` is the 1.1M-parameter

@@ -46,3 +46,29 @@ def test_nonfinite_loss_flag_skips_the_update():
     counters = {"skipped_updates": 0}
     apply_update(OneProcess(), [w], opt, sched, bad=torch.ones(()), max_grad_norm=1.0, deepspeed=False, counters=counters)
     assert counters["skipped_updates"] == 1 and torch.equal(w.detach(), torch.ones(3))
+
+
+def test_no_clipping_measures_the_norm_and_applies_the_full_gradient():
+    w, opt, sched = setup()
+    (w * 200).sum().backward()  # gradient 200 per element: norm 346
+    counters = {"skipped_updates": 0}
+    norm = apply_update(OneProcess(), [w], opt, sched, bad=torch.zeros(()), max_grad_norm=None, deepspeed=False,
+                        counters=counters)
+    assert abs(float(norm) - 200 * 3 ** 0.5) < 1e-3
+    assert torch.allclose(w.detach(), torch.full((3,), 1 - 0.1 * 200))  # unclipped step
+    w, opt, sched = setup()
+    (w * 200).sum().backward()
+    apply_update(OneProcess(), [w], opt, sched, bad=torch.zeros(()), max_grad_norm=1.0, deepspeed=False,
+                 counters=counters)
+    assert torch.allclose(w.detach(), torch.full((3,), 1 - 0.1 / 3 ** 0.5), atol=1e-6)  # clipped to norm 1
+
+
+def test_make_optimizer_follows_the_config():
+    from r1rm.config import RLConfig
+    from r1rm.runtime.accel import make_optimizer
+
+    w = torch.nn.Parameter(torch.ones(2))
+    sgd = make_optimizer([w], RLConfig(optimizer="sgd", lr=0.5, weight_decay=0.1, train_batch_size=1))
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["lr"] == 0.5 and sgd.defaults["momentum"] == 0
+    adamw = make_optimizer([w], RLConfig(lr=1e-6, train_batch_size=1))
+    assert type(adamw) is torch.optim.AdamW and adamw.defaults["betas"] == (0.9, 0.95)
