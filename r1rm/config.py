@@ -105,6 +105,9 @@ class GenerationConfig(Section):
 class EngineConfig(Section):
     kind: Literal["hf", "vllm", "openai"] = Field("hf", description="Generation engine; never falls back silently.")
     batch_size: int = Field(16, ge=1, description="Requests per generate call (hf) or in flight (vllm).")
+    share_prefill: bool = Field(
+        True, description="hf, n > 1 samples: prefill each prompt once and copy its KV cache to the n samples."
+    )
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the endpoint's API key.")
     model_name: str | None = Field(None, description="Model name sent to the endpoint; default: model.path.")

@@ -76,7 +76,8 @@ def held_out_eval(cfg: Config, acc, model, processor, *, step: int) -> dict:
 
     items = read_items(cfg.data.eval, image_root=cfg.data.image_root, target_field=None)[: cfg.rl.eval_limit]
     mine = items[acc.process_index::acc.num_processes]
-    engine = HFEngine(acc.unwrap_model(model), processor, batch_size=cfg.engine.batch_size)
+    engine = HFEngine(acc.unwrap_model(model), processor, batch_size=cfg.engine.batch_size,
+                      share_prefill=cfg.engine.share_prefill)
     reqs, meta = [], []
     for it in mine:
         for order in ("chosen_first", "chosen_second"):
@@ -231,7 +232,8 @@ def run(cfg: Config) -> dict:
             if vllm_engine is not None:
                 results = vllm_engine.generate(requests, sampling)
             else:
-                engine = HFEngine(acc.unwrap_model(model), processor, batch_size=cfg.engine.batch_size)
+                engine = HFEngine(acc.unwrap_model(model), processor, batch_size=cfg.engine.batch_size,
+                      share_prefill=cfg.engine.share_prefill)
                 with gathered_for_generation(acc, model):
                     results = engine.generate(requests, sampling)
             t_gen = time.perf_counter() - t_gen
@@ -326,7 +328,9 @@ def run(cfg: Config) -> dict:
                 g = torch.Generator().manual_seed(cfg.seed * 7919 + step * 31 + ppo_epoch)
                 perm = torch.randperm(len(seqs), generator=g).tolist()
                 for start in range(0, len(perm), per_proc_train):
-                    batch_ids = perm[start:start + per_proc_train]
+                    # micro batches of similar length (less padding): the update sums their
+                    # gradients, so which sequences share a micro batch does not change it
+                    batch_ids = sorted(perm[start:start + per_proc_train], key=lambda k: seqs[k].n_tokens)
                     tok_total = reduce_sum([float(mask[batch_ids].sum())])[0]
                     bad = torch.zeros((), device=acc.device)
                     for mstart in range(0, len(batch_ids), rc.micro_batch_size):

@@ -49,7 +49,7 @@ def make_engine(cfg: Config, *, model=None, processor=None) -> Engine:
                 device=resolve_device(cfg.runtime.device),
                 attn_implementation=cfg.model.attn_implementation,
             )
-        return HFEngine(model, processor, batch_size=e.batch_size)
+        return HFEngine(model, processor, batch_size=e.batch_size, share_prefill=e.share_prefill)
     if e.kind == "openai":
         if not e.base_url:
             raise ConfigError(

@@ -246,3 +246,36 @@ def test_token_logprob_recorder_keeps_one_step_and_gathers_the_chosen_token():
     got = rec.logprobs()
     want = torch.stack([torch.log_softmax(s1, -1)[[0, 1], [2, 0]], torch.log_softmax(s2, -1)[[0, 1], [0, 2]]], dim=1)
     assert got.shape == (2, 2) and torch.allclose(got, want)
+
+
+def test_shared_prefill_gives_the_samples_of_repeated_prompts_with_one_prompt_pass(engine, requests):
+    """n samples per request: the prompt forwarded once, its KV cache copied to the n rows. Same
+    seed → the same samples and log-probs as repeating each prompt n times, for left-padded text,
+    single-, multi-image and differently sized prompts (Qwen mrope deltas)."""
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, n=3, seed=7, logprobs=True)
+    tokens = []  # tokens the language model processes per call (rows x length)
+
+    def count(mod, args, kwargs, out):
+        emb = kwargs["inputs_embeds"]
+        tokens.append(emb.shape[0] * emb.shape[1])
+
+    hook = engine.model.model.language_model.register_forward_hook(count, with_kwargs=True)
+    try:
+        shared = engine.generate(requests, params)
+        prefill_once = max(tokens)
+        tokens.clear()
+        plain = HFEngine(engine.model, engine.processor, batch_size=8, share_prefill=False).generate(requests, params)
+        prefill_repeated = max(tokens)
+    finally:
+        hook.remove()
+    assert prefill_repeated > 2.9 * prefill_once  # 5 prompts x (L - 1) tokens instead of 15 x L
+    assert [[x.token_ids for x in s] for s in shared] == [[x.token_ids for x in s] for s in plain]
+    assert len({tuple(x.token_ids) for x in shared[0]}) > 1  # the copies really were sampled apart
+    for s_shared, s_plain in zip(shared, plain, strict=True):
+        for a, b in zip(s_shared, s_plain, strict=True):
+            assert a.mean_logprob == pytest.approx(b.mean_logprob, abs=1e-5)
+    # and every sample scores like a teacher-forced pass over prompt + sample (positions right)
+    for k in (0, 2):  # an image prompt and a shorter, left-padded text prompt
+        req, s = requests[k], shared[k]
+        for x in s:
+            assert x.mean_logprob == pytest.approx(_reference_mean_logprob(engine, req, x.token_ids), abs=1e-4)
