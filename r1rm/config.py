@@ -166,6 +166,10 @@ class RLConfig(OptimConfig):
     micro_batch_size: int = Field(1, ge=1, description="Samples per process per forward pass.")
     ppo_epochs: int = Field(1, ge=1, description="Optimisation passes over each rollout.")
     n_samples_per_prompt: int = Field(1, ge=1, description="Responses sampled per prompt (GRPO group size G).")
+    share_prompt_forward: bool = Field(
+        True, description="Updates forward a prompt once for its n samples (micro batches of whole groups: "
+        "micro_batch_size and the per-process train batch multiples of n; off with gradient checkpointing)."
+    )
     temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature.")
     max_new_tokens: int = Field(1024, ge=1, description="Rollout response length cap.")
     max_prompt_len: int = Field(20480, ge=16, description="Longest prompt in tokens; longer prompts are skipped, never cut.")

@@ -126,7 +126,8 @@ def run(cfg: Config) -> dict:
     from r1rm.runtime.metrics_log import MetricsLog
     from r1rm.runtime.modelprep import prepare_for_training, save_hf
     from r1rm.runtime.progress import make_progress
-    from r1rm.runtime.rollout import build_sequence, encode_prompt, response_mask, token_logprobs
+    from r1rm.runtime.rollout import (build_sequence, encode_prompt, grouped_token_logprobs, response_mask,
+                                      token_logprobs)
 
     rc = cfg.rl
     out = Path(cfg.output_dir)
@@ -137,6 +138,9 @@ def run(cfg: Config) -> dict:
                           fix=f"use a multiple of {world}")
     n = rc.n_samples_per_prompt
     per_proc_train = rc.train_batch_size // world
+    # an update forwards each prompt once for its n samples: micro batches must hold whole groups
+    grouped = (rc.share_prompt_forward and n > 1 and rc.micro_batch_size % n == 0 and per_proc_train % n == 0
+               and not cfg.model.gradient_checkpointing)
     accum = split_batch(rc.train_batch_size, rc.micro_batch_size, world)
     acc = make_accelerator(deepspeed_config=cfg.runtime.deepspeed, grad_accum=accum, micro_batch=rc.micro_batch_size,
                            max_grad_norm=rc.max_grad_norm, device=cfg.runtime.device,
@@ -326,19 +330,27 @@ def run(cfg: Config) -> dict:
             grad_norm, grad_norm_max = None, None
             for ppo_epoch in range(rc.ppo_epochs):
                 g = torch.Generator().manual_seed(cfg.seed * 7919 + step * 31 + ppo_epoch)
-                perm = torch.randperm(len(seqs), generator=g).tolist()
+                # a prompt's n samples stay together (one prompt forward for the group) when grouped
+                unit = n if grouped else 1
+                perm = [k * unit + j for k in torch.randperm(len(seqs) // unit, generator=g).tolist() for j in range(unit)]
                 for start in range(0, len(perm), per_proc_train):
                     # micro batches of similar length (less padding): the update sums their
                     # gradients, so which sequences share a micro batch does not change it
-                    batch_ids = sorted(perm[start:start + per_proc_train], key=lambda k: seqs[k].n_tokens)
+                    units = [perm[u:u + unit] for u in range(start, min(start + per_proc_train, len(perm)), unit)]
+                    batch_ids = [k for grp in sorted(units, key=lambda grp: max(seqs[k].n_tokens for k in grp)) for k in grp]
                     tok_total = reduce_sum([float(mask[batch_ids].sum())])[0]
                     bad = torch.zeros((), device=acc.device)
                     for mstart in range(0, len(batch_ids), rc.micro_batch_size):
                         ids = batch_ids[mstart:mstart + rc.micro_batch_size]
                         with acc.accumulate(model):
                             with acc.autocast():
-                                lp, m, ent = token_logprobs(model, [seqs[k] for k in ids], pad_id=tok.pad_token_id,
-                                                            device=acc.device, with_entropy=True)
+                                if grouped:
+                                    lp, m, ent = grouped_token_logprobs(
+                                        model, [[seqs[k] for k in ids[u:u + n]] for u in range(0, len(ids), n)],
+                                        pad_id=tok.pad_token_id, device=acc.device, with_entropy=True)
+                                else:
+                                    lp, m, ent = token_logprobs(model, [seqs[k] for k in ids], pad_id=tok.pad_token_id,
+                                                                device=acc.device, with_entropy=True)
                             w = lp.shape[1]
                             mm = mask[ids][:, :w]
                             old_ids = lp.detach() if on_policy else old[ids][:, :w]

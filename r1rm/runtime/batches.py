@@ -72,18 +72,25 @@ def encode_sft(processor, prompt_messages: list[dict], target: str, *, max_len: 
     return Encoded(inputs=full, labels=labels, n_prompt=n_prompt, n_target=end - n_prompt)
 
 
-def collate(samples: list[Encoded], *, pad_id: int) -> dict:
-    """Right-pad token tensors to the longest sample; concatenate visual tensors (pixel_values,
-    image_grid_thw, ...) along their first dimension, as Qwen-style models take them."""
+def collate(samples: list[Encoded], *, pad_id: int, left: bool = False) -> dict:
+    """Right-pad (`left`: left-pad) token tensors to the longest sample; concatenate visual
+    tensors (pixel_values, image_grid_thw, ...) along their first dimension, as Qwen-style
+    models take them. Samples with and without images mix: a visual key is concatenated over
+    the samples that have it, a per-token key a sample lacks (mm_token_type_ids) is zeros."""
     width = max(s.n_tokens for s in samples)
+    keys = list(dict.fromkeys(k for s in samples for k in s.inputs))
+    seq_keys = {k for s in samples for k, v in s.inputs.items() if v.dim() == 2 and v.shape[1] == s.n_tokens}
+
+    def pad(v: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(v, (width - v.shape[1], 0) if left else (0, width - v.shape[1]), value=value)
+
     batch: dict = {}
-    seq_keys = {k for k, v in samples[0].inputs.items() if v.dim() == 2 and v.shape[1] == samples[0].n_tokens}
-    for key in samples[0].inputs:
-        values = [s.inputs[key] for s in samples]
+    for key in keys:
         if key in seq_keys:
             fill = pad_id if key == "input_ids" else 0
-            batch[key] = torch.cat([torch.nn.functional.pad(v, (0, width - v.shape[1]), value=fill) for v in values])
+            batch[key] = torch.cat([pad(s.inputs[key], fill) if key in s.inputs
+                                    else torch.zeros((1, width), dtype=torch.long) for s in samples])
         else:
-            batch[key] = torch.cat(values)
-    batch["labels"] = torch.cat([torch.nn.functional.pad(s.labels, (0, width - s.n_tokens), value=IGNORE) for s in samples])
+            batch[key] = torch.cat([s.inputs[key] for s in samples if key in s.inputs])
+    batch["labels"] = torch.cat([pad(s.labels, IGNORE) for s in samples])
     return batch

@@ -74,3 +74,81 @@ def token_logprobs(model, encoded: list[Encoded], *, pad_id: int, device, with_e
         entropy = torch.zeros(target.shape, device=logits.device, dtype=torch.float32)
         entropy[mask] = -(logsm.exp() * logsm).sum(-1)
     return logp, mask.float(), entropy
+
+
+def _cache_kw(model) -> str:
+    """The name the model's forward takes a KV cache under (transformers 5.x renamed past_key_values)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def grouped_token_logprobs(model, groups: list[list[Encoded]], *, pad_id: int, device, with_entropy: bool = False
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`token_logprobs` for groups of sequences that share their prompt (an RL prompt's n samples),
+    with each prompt forwarded ONCE: the prompts (left-padded, images included) run with
+    use_cache, their KV cache is copied to the group's rows, and the responses (right-padded) run
+    on it. Gradients reach the prompt positions through the cache exactly as in the full
+    forward, so log-probs, entropies and gradients equal `token_logprobs` on the concatenated
+    groups (to float rounding) — at a fraction of the prompt compute (a group of 4 forwards its
+    prompt once instead of 4 times). Returns the same (rows, T−1) layout, rows in group order.
+
+    Positions come from generate's own rule (`_prepare_position_ids_for_generation`: left padding,
+    Qwen's 3-D mrope positions and rope deltas); responses continue them. Every group must hold
+    the same number of sequences, each with the same prompt."""
+    n = len(groups[0])
+    if any(len(g) != n for g in groups):
+        raise ValueError(f"groups of different sizes: {[len(g) for g in groups]}")
+    heads = [g[0] for g in groups]
+    if any(e.n_prompt != g[0].n_prompt for g in groups for e in g):
+        raise ValueError("a group mixes prompts of different lengths")
+    prompts = [Encoded(inputs={k: v[:, :h.n_prompt] if v.dim() == 2 and v.shape[1] == h.n_tokens else v
+                               for k, v in h.inputs.items()},
+                       labels=torch.full((1, h.n_prompt), IGNORE), n_prompt=h.n_prompt, n_target=0) for h in heads]
+    prompt = collate(prompts, pad_id=pad_id, left=True)
+    prompt.pop("labels")
+    prompt = {k: v.to(device) for k, v in prompt.items()}
+    rows = [e for g in groups for e in g]
+    lr_max = max(max(e.n_target for e in rows), 1)
+    resp_ids = torch.full((len(rows), lr_max), pad_id, dtype=torch.long)
+    resp_mask = torch.zeros((len(rows), lr_max), dtype=torch.long)
+    for r, e in enumerate(rows):
+        resp_ids[r, :e.n_target] = e.labels[0, e.n_prompt:e.n_prompt + e.n_target]
+        resp_mask[r, :e.n_target] = 1
+    resp_ids, resp_mask = resp_ids.to(device), resp_mask.to(device)
+
+    positions = model._prepare_position_ids_for_generation(prompt["input_ids"], dict(prompt))
+    out = model(**prompt, position_ids=positions, use_cache=True, logits_to_keep=1)
+    first = out.logits[:, -1:, :].repeat_interleave(n, dim=0)  # predicts each response's first token
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    cache.batch_repeat_interleave(n)
+    text = positions[0] if positions.dim() == 3 else positions  # (B, Lp) text positions
+    step = torch.arange(1, lr_max + 1, device=text.device)
+    resp_text = (text[:, -1:] + step).repeat_interleave(n, dim=0)  # (rows, Lr)
+    if positions.dim() == 3:  # [text; t; h; w] rows: responses continue at text position + rope delta
+        deltas = getattr(getattr(model, "model", None), "rope_deltas", None)
+        delta = deltas.to(text.device).repeat_interleave(n, dim=0) if deltas is not None else 0
+        resp_pos = torch.stack([resp_text] + [resp_text + delta] * (positions.shape[0] - 1))
+    else:
+        resp_pos = resp_text
+    full_mask = torch.cat([prompt["attention_mask"].repeat_interleave(n, dim=0), resp_mask], dim=1)
+    logits = model(input_ids=resp_ids, attention_mask=full_mask, position_ids=resp_pos, use_cache=True,
+                   **{_cache_kw(model): cache}).logits
+    logits = torch.cat([first, logits[:, :-1, :]], dim=1)  # (rows, Lr, V): position j predicts token j
+    valid = resp_mask.bool()
+    logsm = torch.log_softmax(logits[valid].float(), dim=-1)
+    tok_lp = logsm.gather(-1, resp_ids[valid].unsqueeze(-1)).squeeze(-1)
+    ent = -(logsm.exp() * logsm).sum(-1) if with_entropy else None
+    # back to token_logprobs' layout: (rows, T−1), response token j of row r at n_prompt − 1 + j
+    width = max(e.n_tokens for e in rows) - 1
+    offsets = torch.tensor([e.n_prompt - 1 for e in rows], device=resp_ids.device)
+    cols = (offsets[:, None] + torch.arange(lr_max, device=resp_ids.device))[valid]
+    rix = torch.arange(len(rows), device=resp_ids.device)[:, None].expand(-1, lr_max)[valid]
+    logp = torch.zeros((len(rows), width), device=resp_ids.device, dtype=torch.float32)
+    logp = logp.index_put((rix, cols), tok_lp)
+    mask = torch.zeros((len(rows), width), device=resp_ids.device, dtype=torch.float32)
+    mask[rix, cols] = 1.0
+    entropy = None
+    if ent is not None:
+        entropy = torch.zeros((len(rows), width), device=resp_ids.device, dtype=torch.float32).index_put((rix, cols), ent)
+    return logp, mask, entropy
