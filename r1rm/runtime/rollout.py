@@ -117,7 +117,8 @@ def grouped_token_logprobs(model, groups: list[list[Encoded]], *, pad_id: int, d
         resp_mask[r, :e.n_target] = 1
     resp_ids, resp_mask = resp_ids.to(device), resp_mask.to(device)
 
-    positions = model._prepare_position_ids_for_generation(prompt["input_ids"], dict(prompt))
+    base = getattr(model, "module", model)  # positions and rope deltas live on the unwrapped model
+    positions = base._prepare_position_ids_for_generation(prompt["input_ids"], dict(prompt))
     out = model(**prompt, position_ids=positions, use_cache=True, logits_to_keep=1)
     first = out.logits[:, -1:, :].repeat_interleave(n, dim=0)  # predicts each response's first token
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
@@ -126,14 +127,14 @@ def grouped_token_logprobs(model, groups: list[list[Encoded]], *, pad_id: int, d
     step = torch.arange(1, lr_max + 1, device=text.device)
     resp_text = (text[:, -1:] + step).repeat_interleave(n, dim=0)  # (rows, Lr)
     if positions.dim() == 3:  # [text; t; h; w] rows: responses continue at text position + rope delta
-        deltas = getattr(getattr(model, "model", None), "rope_deltas", None)
+        deltas = getattr(getattr(base, "model", None), "rope_deltas", None)
         delta = deltas.to(text.device).repeat_interleave(n, dim=0) if deltas is not None else 0
         resp_pos = torch.stack([resp_text] + [resp_text + delta] * (positions.shape[0] - 1))
     else:
         resp_pos = resp_text
     full_mask = torch.cat([prompt["attention_mask"].repeat_interleave(n, dim=0), resp_mask], dim=1)
     logits = model(input_ids=resp_ids, attention_mask=full_mask, position_ids=resp_pos, use_cache=True,
-                   **{_cache_kw(model): cache}).logits
+                   **{_cache_kw(base): cache}).logits
     logits = torch.cat([first, logits[:, :-1, :]], dim=1)  # (rows, Lr, V): position j predicts token j
     valid = resp_mask.bool()
     logsm = torch.log_softmax(logits[valid].float(), dim=-1)
