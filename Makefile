@@ -86,7 +86,11 @@ transfer: demo-model
 	$(R1RM) sft --recipe recipes/tiny/transfer.yaml model.path=$(DEMO)/model data.train=[$(TR)/image/train.jsonl] output_dir=$(TR)/image_only
 	$(R1RM) sft --recipe recipes/tiny/transfer.yaml model.path=$(DEMO)/model data.train=[$(TR)/text/train.jsonl] output_dir=$(TR)/text_sft sft.max_steps=1000
 	$(R1RM) sft --recipe recipes/tiny/transfer.yaml model.path=$(TR)/text_sft/model data.train=[$(TR)/image/train.jsonl] output_dir=$(TR)/text_then_image
-	for m in image_only text_sft text_then_image; do \
+	# MSRL's caption stage: RL on the captions of the same 1,000 image pairs (+ text replay 4:1), then the image stage
+	$(R1RM) build-data --recipe recipes/tiny/transfer_caption.yaml output_dir=$(TR)/caption_data
+	$(R1RM) rl --recipe recipes/tiny/transfer_caption.yaml model.path=$(TR)/text_sft/model data.train=[$(TR)/caption_data] output_dir=$(TR)/text_caption
+	$(R1RM) sft --recipe recipes/tiny/transfer.yaml model.path=$(TR)/text_caption/model data.train=[$(TR)/image/train.jsonl] output_dir=$(TR)/text_caption_image
+	for m in image_only text_sft text_then_image text_caption text_caption_image; do \
 	  $(R1RM) eval --recipe recipes/tiny/eval.yaml model.path=$(TR)/$$m/model data.eval=[$(TR)/image/eval.jsonl] output_dir=$(TR)/eval_$$m || exit 1; done
 
 # R1-Reward Table 6 in miniature: reinforce_pp / no filter / no Pre-CLIP / stable_reinforce under stress,
