@@ -78,7 +78,8 @@ bench: install
 gpu-check: install
 	$(PY) bench/gpu_check.py --preset mid --device cuda
 
-# MSRL transfer in miniature: text -> image vs image-only with the same image budget (recipes/tiny/transfer.yaml)
+# MSRL transfer in miniature: text -> image and text -> caption -> image vs image-only with the same image budget
+# (recipes/tiny/transfer.yaml, transfer_caption.yaml)
 TR = out/transfer
 transfer: demo-model
 	$(R1RM) synth --recipe recipes/tiny/synth.yaml output_dir=$(TR)/text data.synthetic.modality=text data.synthetic.n=12000
