@@ -126,8 +126,13 @@ def run(cfg: Config) -> dict:
     from r1rm.runtime.metrics_log import MetricsLog
     from r1rm.runtime.modelprep import prepare_for_training, save_hf
     from r1rm.runtime.progress import make_progress
-    from r1rm.runtime.rollout import (build_sequence, encode_prompt, grouped_token_logprobs, response_mask,
-                                      token_logprobs)
+    from r1rm.runtime.rollout import (
+        build_sequence,
+        encode_prompt,
+        grouped_token_logprobs,
+        response_mask,
+        token_logprobs,
+    )
 
     rc = cfg.rl
     out = Path(cfg.output_dir)
