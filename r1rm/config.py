@@ -168,7 +168,7 @@ class RLConfig(OptimConfig):
     n_samples_per_prompt: int = Field(1, ge=1, description="Responses sampled per prompt (GRPO group size G).")
     share_prompt_forward: bool = Field(
         True, description="Updates forward a prompt once for its n samples (micro batches of whole groups: "
-        "micro_batch_size and the train batch multiples of n; one process without DeepSpeed, no gradient checkpointing)."
+        "micro_batch_size and the train batch multiples of n; not with DeepSpeed or gradient checkpointing)."
     )
     temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature.")
     max_new_tokens: int = Field(1024, ge=1, description="Rollout response length cap.")

@@ -143,10 +143,11 @@ def run(cfg: Config) -> dict:
                           fix=f"use a multiple of {world}")
     n = rc.n_samples_per_prompt
     per_proc_train = rc.train_batch_size // world
-    # an update forwards each prompt once for its n samples: micro batches must hold whole groups; one
-    # process only (DDP and DeepSpeed expect one forward per backward, this path makes two)
+    # an update forwards each prompt once for its n samples: micro batches must hold whole groups; not
+    # under DeepSpeed (its engine expects one forward per backward; this path makes two — DDP is fine,
+    # tests/integration/test_grouped_ddp.py)
     grouped = (rc.share_prompt_forward and n > 1 and rc.micro_batch_size % n == 0 and per_proc_train % n == 0
-               and not cfg.model.gradient_checkpointing and world == 1 and not cfg.runtime.deepspeed)
+               and not cfg.model.gradient_checkpointing and not cfg.runtime.deepspeed)
     accum = split_batch(rc.train_batch_size, rc.micro_batch_size, world)
     acc = make_accelerator(deepspeed_config=cfg.runtime.deepspeed, grad_accum=accum, micro_batch=rc.micro_batch_size,
                            max_grad_norm=rc.max_grad_norm, device=cfg.runtime.device,
