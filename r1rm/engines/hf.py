@@ -17,9 +17,9 @@ checkpoint's config (`GenerationMixin._prepare_generation_config`).
   forward runs once instead of n times (RL's n samples per prompt: at group 4 a quarter of
   the prefill). The prefill uses generate's own position ids
   (`_prepare_position_ids_for_generation`: left padding, Qwen's 3-D mrope positions and the
-  rope deltas the decode steps continue from). share_prefill=False: `num_return_sequences`,
-  which repeats each prompt n times before the prefill. With `params.seed` the global torch RNG is seeded inside
-  `torch.random.fork_rng` (the caller's RNG state is left untouched), so the same call
+  rope deltas the decode steps continue from; r1rm.models.prefill). share_prefill=False:
+  `num_return_sequences`, which repeats each prompt n times before the prefill. With
+  `params.seed` the global torch RNG is seeded inside `torch.random.fork_rng` (the caller's RNG state is left untouched), so the same call
   gives the same samples.
 - Generation stops on the model's EOS ids (generation_config, else the tokenizer's).
   `Sample.finished` is True when the sample ended with EOS, False when cut at
@@ -48,7 +48,6 @@ is the mean over the sample's `token_ids` (EOS and padding excluded; None when e
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,6 +59,7 @@ from r1rm.core.choice import CHOICES, choice_probs_at_answer
 from r1rm.data.media import fit_visuals
 from r1rm.engines.base import ProgressFn, Request, Sample, SamplingParams
 from r1rm.errors import InputFileError
+from r1rm.models.prefill import cache_kwarg, prefill_repeated
 
 # One image (or video frame) counts as this many characters when sorting prompts by length:
 # a Qwen2.5-VL image is tens to hundreds of tokens, i.e. about a paragraph of text.
@@ -339,20 +339,9 @@ class HFEngine:
         """Forward each prompt but its last token once, copy the KV cache to n rows per prompt and
         return generate's inputs that continue from it (input_ids / attention_mask repeated n times)."""
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        width = ids.shape[1]
-        # generate's own positions for these inputs; for Qwen-VL this also stores the rope deltas
-        # (B, 1) that the decode steps add to the text positions
-        positions = self.model._prepare_position_ids_for_generation(ids, dict(inputs))
-        head = {k: v[:, : width - 1] if torch.is_tensor(v) and v.shape[:2] == ids.shape else v for k, v in inputs.items()}
-        out = self.model(**head, position_ids=positions[..., : width - 1], use_cache=True, logits_to_keep=1)
-        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-        cache.batch_repeat_interleave(n)
-        inner = getattr(self.model, "model", None)
-        if getattr(inner, "rope_deltas", None) is not None:
-            inner.rope_deltas = inner.rope_deltas.repeat_interleave(n, dim=0)
+        _, cache, _ = prefill_repeated(self.model, inputs, n, upto=ids.shape[1] - 1)
         return {"input_ids": ids.repeat_interleave(n, dim=0), "attention_mask": mask.repeat_interleave(n, dim=0),
-                # the name the model's forward takes a KV cache under (transformers 5.x renamed past_key_values)
-                "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values": cache}
+                cache_kwarg(self.model): cache}
 
     def _sample(
         self, generated: torch.Tensor, choice_logits: torch.Tensor | None, logprobs: torch.Tensor | None = None

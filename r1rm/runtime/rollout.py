@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from r1rm.core.sft_loss import IGNORE, logits_window
+from r1rm.models.prefill import cache_kwarg, prefill_repeated, rope_deltas
 from r1rm.runtime.batches import Encoded, collate
 
 
@@ -76,13 +77,6 @@ def token_logprobs(model, encoded: list[Encoded], *, pad_id: int, device, with_e
     return logp, mask.float(), entropy
 
 
-def _cache_kw(model) -> str:
-    """The name the model's forward takes a KV cache under (transformers 5.x renamed past_key_values)."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def grouped_token_logprobs(model, groups: list[list[Encoded]], *, pad_id: int, device, with_entropy: bool = False
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """`token_logprobs` for groups of sequences that share their prompt (an RL prompt's n samples),
@@ -93,8 +87,8 @@ def grouped_token_logprobs(model, groups: list[list[Encoded]], *, pad_id: int, d
     groups (to float rounding) — at a fraction of the prompt compute (a group of 4 forwards its
     prompt once instead of 4 times). Returns the same (rows, T−1) layout, rows in group order.
 
-    Positions come from generate's own rule (`_prepare_position_ids_for_generation`: left padding,
-    Qwen's 3-D mrope positions and rope deltas); responses continue them. Every group must hold
+    Positions come from generate's own rule (r1rm.models.prefill: left padding, Qwen's 3-D mrope
+    positions and rope deltas); responses continue them. Every group must hold
     the same number of sequences, each with the same prompt."""
     n = len(groups[0])
     if any(len(g) != n for g in groups):
@@ -118,23 +112,20 @@ def grouped_token_logprobs(model, groups: list[list[Encoded]], *, pad_id: int, d
     resp_ids, resp_mask = resp_ids.to(device), resp_mask.to(device)
 
     base = getattr(model, "module", model)  # positions and rope deltas live on the unwrapped model
-    positions = base._prepare_position_ids_for_generation(prompt["input_ids"], dict(prompt))
-    out = model(**prompt, position_ids=positions, use_cache=True, logits_to_keep=1)
-    first = out.logits[:, -1:, :].repeat_interleave(n, dim=0)  # predicts each response's first token
-    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-    cache.batch_repeat_interleave(n)
+    last, cache, positions = prefill_repeated(model, prompt, n)
+    first = last[:, -1:, :].repeat_interleave(n, dim=0)  # predicts each response's first token
     text = positions[0] if positions.dim() == 3 else positions  # (B, Lp) text positions
     step = torch.arange(1, lr_max + 1, device=text.device)
     resp_text = (text[:, -1:] + step).repeat_interleave(n, dim=0)  # (rows, Lr)
     if positions.dim() == 3:  # [text; t; h; w] rows: responses continue at text position + rope delta
-        deltas = getattr(getattr(base, "model", None), "rope_deltas", None)
-        delta = deltas.to(text.device).repeat_interleave(n, dim=0) if deltas is not None else 0
+        deltas = rope_deltas(base)  # already one per row (repeated with the cache)
+        delta = deltas.to(text.device) if deltas is not None else 0
         resp_pos = torch.stack([resp_text] + [resp_text + delta] * (positions.shape[0] - 1))
     else:
         resp_pos = resp_text
     full_mask = torch.cat([prompt["attention_mask"].repeat_interleave(n, dim=0), resp_mask], dim=1)
     logits = model(input_ids=resp_ids, attention_mask=full_mask, position_ids=resp_pos, use_cache=True,
-                   **{_cache_kw(base): cache}).logits
+                   **{cache_kwarg(base): cache}).logits
     logits = torch.cat([first, logits[:, :-1, :]], dim=1)  # (rows, Lr, V): position j predicts token j
     valid = resp_mask.bool()
     logsm = torch.log_softmax(logits[valid].float(), dim=-1)
