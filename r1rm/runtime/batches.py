@@ -88,8 +88,9 @@ def collate(samples: list[Encoded], *, pad_id: int, left: bool = False) -> dict:
     for key in keys:
         if key in seq_keys:
             fill = pad_id if key == "input_ids" else 0
+            dtype = next(s.inputs[key].dtype for s in samples if key in s.inputs)
             batch[key] = torch.cat([pad(s.inputs[key], fill) if key in s.inputs
-                                    else torch.zeros((1, width), dtype=torch.long) for s in samples])
+                                    else torch.zeros((1, width), dtype=dtype) for s in samples])
         else:
             batch[key] = torch.cat([s.inputs[key] for s in samples if key in s.inputs])
     batch["labels"] = torch.cat([pad(s.labels, IGNORE) for s in samples])
