@@ -244,7 +244,7 @@ def run(cfg: Config) -> dict:
                 results = vllm_engine.generate(requests, sampling)
             else:
                 engine = HFEngine(acc.unwrap_model(model), processor, batch_size=cfg.engine.batch_size,
-                      share_prefill=cfg.engine.share_prefill)
+                                  share_prefill=cfg.engine.share_prefill)
                 with gathered_for_generation(acc, model):
                     results = engine.generate(requests, sampling)
             t_gen = time.perf_counter() - t_gen
@@ -442,6 +442,7 @@ def run(cfg: Config) -> dict:
                                    "final": True})
     state_dict = acc.get_state_dict(model)
     summary = {"steps": step, "processes": acc.num_processes, "algorithm": rc.algorithm, "pre_clip": pre_clip_ratio,
+               "grouped_forward": grouped,
                "adv_filter": adv_filter, **counters, "judge_calls": judge_stats.calls,
                "judge_failures": judge_stats.failures, **last_eval}
     if acc.is_main_process:

@@ -49,6 +49,7 @@ def test_every_algorithm_one_process(cli, tiny, data, tmp_path, algorithm):
     assert all(x["loss"] == x["loss"] for x in r)  # finite, not NaN
     summary = json.loads((out / "summary.json").read_text())
     assert summary["algorithm"] == algorithm
+    assert summary["grouped_forward"] is True  # 2 samples per prompt, micro batch 2: whole groups
     assert (summary["adv_filter"], summary["pre_clip"] is not None) == (
         ("paper", True) if algorithm == "stable_reinforce" else ("none", False))
     assert (out / "model" / "model.safetensors").exists()
@@ -61,19 +62,22 @@ def test_every_algorithm_two_processes(tiny, data, tmp_path, algorithm):
            *args(tiny, data, out, f"rl.algorithm={algorithm}", "rl.max_steps=1")]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert json.loads((out / "summary.json").read_text())["processes"] == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["grouped_forward"] is True  # DDP keeps the grouped forward
     assert rows(out)[-1]["step"] == 1
 
 
 def test_kl_reference_eval_and_official_filter(cli, tiny, data, tmp_path):
     out = tmp_path / "kl"
+    # the full-sequence update forward (rl.share_prompt_forward off) runs end to end here too
     proc = cli(*args(tiny, data, out, "rl.kl_coef=0.01", "rl.kl_estimator=k3", "rl.adv_filter=official",
-                     "rl.eval_every_steps=2"))
+                     "rl.eval_every_steps=2", "rl.share_prompt_forward=false"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = rows(out)[-1]
     assert last["kl_ref"] is not None and last["kl_ref"] >= 0  # k3 is non-negative
     assert "eval/both_orders_strict" in last and 0.0 <= last["eval/both_orders_strict"] <= 1.0
-    assert json.loads((out / "summary.json").read_text())["adv_filter"] == "official"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["adv_filter"] == "official" and summary["grouped_forward"] is False
 
 
 def test_model_judge_failures_are_counted_not_rewarded(cli, tiny, data, tmp_path):
