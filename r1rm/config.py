@@ -72,6 +72,14 @@ class SyntheticConfig(Section):
     modality: Literal["image", "caption", "text"] = Field("image", description="How the scene is shown to the judge.")
     image_size: int = Field(112, ge=28, description="Rendered image side in pixels.")
     seed: int | None = Field(None, description="Generator seed; None uses the top-level seed.")
+    teacher_error: float = Field(
+        0.0, ge=0, le=1, description="Simulated imperfect teacher: share of its traces in the blind spot that are "
+        "mistaken (it sees what the wrong response says and concludes it); labels stay true."
+    )
+    teacher_blind: list[str] = Field(
+        default_factory=list, description="The simulated teacher's blind spot: colours / shape kinds whose scenes it "
+        "may misjudge; empty = every scene."
+    )
 
     @model_validator(mode="after")
     def _levels(self) -> SyntheticConfig:
@@ -321,6 +329,8 @@ class SourceConfig(Section):
     modality: Literal["image", "caption", "text"] = Field("image", description="synthetic: how the scene is shown.")
     image_size: int = Field(112, ge=28, description="synthetic: rendered image side in pixels.")
     seed: int | None = Field(None, description="synthetic: generator seed; None uses the top-level seed.")
+    teacher_error: float = Field(0.0, ge=0, le=1, description="synthetic: simulated teacher's error rate in its blind spot.")
+    teacher_blind: list[str] = Field(default_factory=list, description="synthetic: the simulated teacher's blind spot (colours / shape kinds; empty = all).")
 
     @model_validator(mode="after")
     def _path(self) -> SourceConfig:

@@ -33,7 +33,8 @@ def run(cfg: Config) -> dict[str, Path]:
         table.add_column(col)
     for split, n, s in splits:
         paths[split] = write_dataset(
-            out, n, seed=s, levels=syn.levels, modality=syn.modality, image_size=syn.image_size, prefix=split
+            out, n, seed=s, levels=syn.levels, modality=syn.modality, image_size=syn.image_size, prefix=split,
+            teacher_error=syn.teacher_error, teacher_blind=syn.teacher_blind,
         )
         labels = Counter(r.label for r in read_records(paths[split]))
         table.add_row(split, str(paths[split]), str(n), str(labels[1]), str(labels[2]))

@@ -38,7 +38,15 @@ questions, responses and labels; only the context differs):
 Labels are balanced exactly (counts of 1 and 2 differ by at most one, overall and per
 level). Every record carries a teacher trace in meta["trace"]
 ("<think>Response 1 says ... So Response 2 is correct.</think><answer>2</answer>") and
-the scene facts in meta["facts"]. Generation is pure and deterministic
+the scene facts in meta["facts"].
+
+A simulated imperfect teacher (R1-Reward's cold start uses GPT-4o's traces, which are not
+always right): with teacher_error > 0, an example in the teacher's blind spot (its scene
+has a colour or shape kind listed in teacher_blind; every example when the list is empty)
+gets, with probability teacher_error (drawn from its uid), a *mistaken* trace: the teacher
+sees what the wrong response says ("The image shows a blue square" for a purple one) and
+concludes it. Labels stay true, so RL's reward is right where the teacher was wrong;
+meta["teacher_correct"] records which traces are mistaken. Generation is pure and deterministic
 (random.Random(seed), no global RNG): the same arguments give byte-identical files.
 """
 
@@ -49,7 +57,7 @@ import json
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +156,8 @@ class Example:
     wrong: str
     label: int
     facts: dict = field(compare=True, hash=False)
+    teacher_error: float = 0.0
+    teacher_blind: tuple[str, ...] = ()
 
     @property
     def category(self) -> str:
@@ -191,7 +201,24 @@ class Example:
 
     @property
     def trace(self) -> str:
-        return teacher_trace(self, self.label)
+        """The simulated teacher's trace: the correct one unless the teacher errs here."""
+        return teacher_trace(self, self.label) if self.teacher_correct else mistaken_trace(self)
+
+    @property
+    def teacher_correct(self) -> bool:
+        """Whether the simulated teacher gets this example right (always, when teacher_error is 0)."""
+        if self.teacher_error <= 0:
+            return True
+        blind = set(self.teacher_blind)
+        if blind and not any({s.colour, s.kind} & blind for s in self.scene.shapes):
+            return True
+        return random.Random(f"{self.uid}/teacher").random() >= self.teacher_error
+
+    def _meta(self) -> dict:
+        meta = {"trace": self.trace, "facts": self.facts}
+        if self.teacher_error > 0:
+            meta["teacher_correct"] = self.teacher_correct
+        return meta
 
     def to_record(self, prefix: str = "synthetic") -> dict:
         """The canonical record dict (accepted by `parse_record`)."""
@@ -212,7 +239,7 @@ class Example:
             "category": self.category,
             "task_type": "text" if self.modality == "text" else "image_understanding",
             "difficulty": self.level,
-            "meta": {"trace": self.trace, "facts": self.facts},
+            "meta": self._meta(),
         }
 
     def _generation_record(self, prefix: str) -> dict:
@@ -236,7 +263,7 @@ class Example:
             "category": self.category,
             "task_type": "image_generation",
             "difficulty": self.level,
-            "meta": {"trace": self.trace, "facts": self.facts},
+            "meta": self._meta(),
         }
 
     def to_json(self) -> dict:
@@ -367,6 +394,18 @@ def _check_args(n: int, seed: int, levels: Sequence[int], modality: str, image_s
     return levels
 
 
+def _check_teacher(error: float, blind: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(error, bool) or not isinstance(error, int | float) or not 0 <= error <= 1:
+        raise ConfigError(f"synthetic teacher_error must be a number in [0, 1], got {error!r}")
+    if isinstance(blind, str):
+        blind = (blind,)
+    known = (*COLOURS, *SHAPES)
+    bad = [b for b in blind if b not in known]
+    if bad:
+        raise ConfigError(f"unknown synthetic teacher_blind entry {bad[0]!r}", fix=f"use colours or shape kinds among {', '.join(known)}")
+    return tuple(blind)
+
+
 def make_examples(
     n: int,
     *,
@@ -374,6 +413,8 @@ def make_examples(
     levels: Sequence[int] = (1,),
     modality: str = "image",
     image_size: int = 112,
+    teacher_error: float = 0.0,
+    teacher_blind: Sequence[str] = (),
 ) -> list[Example]:
     """`n` examples spread evenly over `levels` (in a seeded order), labels balanced exactly.
 
@@ -381,6 +422,7 @@ def make_examples(
     three modalities share scenes, questions, responses and labels.
     """
     levels = _check_args(n, seed, levels, modality, image_size)
+    blind = _check_teacher(teacher_error, teacher_blind)
     rng = random.Random(seed)
     # plan: levels cycled evenly; labels alternate along the level-grouped order so that
     # both the overall and the per-level label counts differ by at most one; then shuffle
@@ -421,7 +463,8 @@ def make_examples(
             "facts": facts,
         }
         uid = hashlib.sha1(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:16]
-        out.append(Example(i, uid, level, modality, scene, question, correct, incorrect, label, facts))
+        out.append(Example(i, uid, level, modality, scene, question, correct, incorrect, label, facts,
+                           float(teacher_error), blind))
     return out
 
 
@@ -437,6 +480,38 @@ def teacher_trace(example: Example, answer: int) -> str:
     if isinstance(answer, bool) or answer not in (1, 2):
         raise ValueError(f"answer must be 1 or 2, got {answer!r}")
     f = example.facts
+    return _trace(example, example.scene, f["correct"], answer)
+
+
+def mistaken_trace(example: Example) -> str:
+    """The simulated teacher's mistake: it sees the scene as the wrong response describes it
+    (levels 1-5: the asked attribute takes the wrong value) and concludes that response. At
+    the generation level it misreads the candidates: observation true, conclusion wrong."""
+    wrong_answer = 3 - example.label
+    f = example.facts
+    if example.level == GENERATION:
+        return teacher_trace(example, wrong_answer)
+    return _trace(example, _as_wrong_says(example), f["wrong"], wrong_answer)
+
+
+def _as_wrong_says(example: Example) -> Scene:
+    """The scene with the asked attribute set to the wrong response's value."""
+    shapes, wrong, level = example.scene.shapes, example.facts["wrong"], example.level
+    if level == 1:
+        return Scene((replace(shapes[0], colour=wrong),))
+    if level == 2:
+        return Scene((replace(shapes[0], kind=wrong),))
+    if level == 3:
+        return Scene((shapes[0],) * wrong)
+    a, b = shapes
+    if level == 4:  # the asked shape on the other side
+        return Scene((replace(a, x=b.x), replace(b, x=a.x)))
+    return Scene((replace(a, colour=b.colour), replace(b, colour=a.colour)))  # 5: colours bound wrongly
+
+
+def _trace(example: Example, scene: Scene, value: Any, answer: int) -> str:
+    """The trace that sees `scene`, states `value` as the fact and concludes `answer`."""
+    f = example.facts
     level, asked = f["level"], f["asked"]
     claims = {1: _claim(level, asked, f["correct"] if example.label == 1 else f["wrong"]),
               2: _claim(level, asked, f["wrong"] if example.label == 1 else f["correct"])}
@@ -449,14 +524,14 @@ def teacher_trace(example: Example, answer: int) -> str:
             f"Response 2 {seen} {scenes[1].describe()}. So Response {answer} is correct."
         )
         return f"<think>{think}</think><answer>{answer}</answer>"
-    desc = example.scene.describe()
+    desc = scene.describe()
     if example.modality == "image":
         seen = f"The image shows {desc}."
     elif example.modality == "caption":
-        seen = f"The caption says there {'are' if example.scene.plural else 'is'} {desc}."
+        seen = f"The caption says there {'are' if scene.plural else 'is'} {desc}."
     else:
         seen = f"The scene is {desc}."
-    fact = _cap(_claim(level, asked, f["correct"])) + "."
+    fact = _cap(_claim(level, asked, value)) + "."
     think = (
         f"Response 1 says {claims[1]}. Response 2 says {claims[2]}. {seen} {fact} "
         f"So Response {answer} is correct."
@@ -503,6 +578,8 @@ def write_dataset(
     modality: str,
     image_size: int = 112,
     prefix: str = "synthetic",
+    teacher_error: float = 0.0,
+    teacher_blind: Sequence[str] = (),
 ) -> Path:
     """Write <out_dir>/<prefix>.jsonl (canonical records) and, for the image modality,
     <out_dir>/images/<uid>.png; return the jsonl path. Images are written first, the
@@ -511,7 +588,8 @@ def write_dataset(
         raise ConfigError(f"synthetic n must be a positive integer, got {n!r}")
     if not prefix or "/" in prefix or os.sep in prefix:
         raise ConfigError(f"synthetic prefix must be a plain file name stem, got {prefix!r}")
-    examples = make_examples(n, seed=seed, levels=levels, modality=modality, image_size=image_size)
+    examples = make_examples(n, seed=seed, levels=levels, modality=modality, image_size=image_size,
+                             teacher_error=teacher_error, teacher_blind=teacher_blind)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if modality == "image":

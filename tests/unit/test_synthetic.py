@@ -256,3 +256,57 @@ def test_thousand_images_fast(tmp_path):
     assert len(list((tmp_path / "images").iterdir())) == 1000
     assert sum(1 for _ in path.open()) == 1000
     assert elapsed < 10, elapsed
+
+
+# ---------------------------------------------------------------- the simulated imperfect teacher
+def test_teacher_error_zero_leaves_records_unchanged():
+    plain = [ex.to_record() for ex in make_examples(60, seed=4, levels=ALL_LEVELS)]
+    same = [ex.to_record() for ex in make_examples(60, seed=4, levels=ALL_LEVELS, teacher_error=0.0,
+                                                   teacher_blind=["purple"])]
+    assert plain == same
+    assert all("teacher_correct" not in r["meta"] for r in plain)
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+def test_mistaken_trace_sees_what_the_wrong_response_says(level):
+    exs = make_examples(120, seed=5, levels=(level,), teacher_error=1.0)
+    for ex in exs:
+        rec = ex.to_record()
+        trace = rec["meta"]["trace"]
+        assert rec["meta"]["teacher_correct"] is False
+        assert TRACE_RE.match(trace)
+        wrong = 3 - rec["label"]
+        assert trace.endswith(f"<answer>{wrong}</answer>")
+        assert CONCLUSION_RE.search(trace).group(1) == str(wrong)
+        # the stated fact is the wrong response's claim; the responses are quoted as they are
+        wrong_claim = rec[f"response{wrong}"]
+        assert f" {wrong_claim} So Response {wrong} is correct." in trace
+        for k in (1, 2):
+            claim = rec[f"response{k}"][0].lower() + rec[f"response{k}"][1:-1]
+            assert f"Response {k} says {claim}." in trace
+        # the scene it describes is not the true one (it saw what the wrong response says)
+        assert f"The image shows {ex.scene.describe()}." not in trace
+        # the same example with a perfect teacher: the labelled trace
+        assert make_examples(120, seed=5, levels=(level,))[ex.index].trace == teacher_trace(ex, ex.label)
+
+
+def test_teacher_blind_spot_and_error_rate():
+    exs = make_examples(3000, seed=6, levels=(1,), teacher_error=0.6, teacher_blind=["purple"])
+    purple = [e for e in exs if e.facts["correct"] == "purple"]
+    others = [e for e in exs if e.facts["correct"] != "purple"]
+    assert all(e.teacher_correct for e in others)
+    assert all(e.trace == teacher_trace(e, e.label) for e in others)
+    wrong_share = sum(not e.teacher_correct for e in purple) / len(purple)
+    assert 0.55 < wrong_share < 0.65, wrong_share  # ~600 purple scenes: 3 standard errors
+    # deterministic per uid: the same call marks the same examples
+    again = make_examples(3000, seed=6, levels=(1,), teacher_error=0.6, teacher_blind=["purple"])
+    assert [e.teacher_correct for e in again] == [e.teacher_correct for e in exs]
+    # the labels never change with the teacher
+    assert [e.label for e in exs] == [e.label for e in make_examples(3000, seed=6, levels=(1,))]
+
+
+def test_teacher_bad_arguments():
+    with pytest.raises(ConfigError, match="teacher_error"):
+        make_examples(4, seed=0, teacher_error=1.5)
+    with pytest.raises(ConfigError, match="teacher_blind entry 'pink'"):
+        make_examples(4, seed=0, teacher_error=0.5, teacher_blind=["pink"])
