@@ -37,8 +37,15 @@ $(DEMO)/model/config.json: | install
 $(DEMO)/data/train.jsonl: recipes/tiny/synth.yaml | install
 	$(R1RM) synth --recipe recipes/tiny/synth.yaml output_dir=$(DEMO)/data
 
+# build-data (clean mode): the raw synthetic files validated, deduplicated, balanced, shuffled and
+# sharded into the set RL reads ($(DEMO)/build, with manifest.json; SFT reads train.jsonl in its
+# generated order, whose trajectory the README's numbers record)
+$(DEMO)/build/manifest.json: $(DEMO)/data/train.jsonl recipes/tiny/build_demo.yaml
+	$(R1RM) build-data --recipe recipes/tiny/build_demo.yaml output_dir=$(DEMO)/build \
+	  "build.sources=[{name: synthetic-colour, format: canonical, path: $(DEMO)/data/train.jsonl}]"
+
 demo-model: $(DEMO)/model/config.json
-demo-data: $(DEMO)/data/train.jsonl
+demo-data: $(DEMO)/data/train.jsonl $(DEMO)/build/manifest.json
 	$(R1RM) check-data $(DEMO)/data/train.jsonl $(DEMO)/data/eval.jsonl
 
 EVAL = $(R1RM) eval --recipe recipes/tiny/eval.yaml data.eval=[$(DEMO)/data/eval.jsonl]
@@ -52,7 +59,7 @@ demo-sft: demo-eval-base
 	$(EVAL) model.path=$(DEMO)/sft/model output_dir=$(DEMO)/eval_sft
 
 demo-rl: demo-sft
-	$(R1RM) rl --recipe recipes/tiny/rl.yaml model.path=$(DEMO)/sft/model data.train=[$(DEMO)/data/train.jsonl] data.eval=[$(DEMO)/data/eval.jsonl] output_dir=$(DEMO)/rl
+	$(R1RM) rl --recipe recipes/tiny/rl.yaml model.path=$(DEMO)/sft/model data.train=[$(DEMO)/build] data.eval=[$(DEMO)/data/eval.jsonl] output_dir=$(DEMO)/rl
 	$(EVAL) model.path=$(DEMO)/rl/model output_dir=$(DEMO)/eval_rl
 
 # test-time scaling of the final model: 5 samples per item and order, then the voting curve

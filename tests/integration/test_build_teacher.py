@@ -427,3 +427,37 @@ def test_cmkd_end_to_end_with_the_tiny_model(cli, tiny, tmp_path):
     assert len(cached) == 3 and all(len(x["samples"]) == 3 for x in cached)
     assert all(s["mean_logprob"] is not None and s["mean_logprob"] <= 0 for x in cached for s in x["samples"])
     assert len(lines(out / "sft.jsonl")) == m["selected"]
+
+
+def test_synthetic_source_with_an_imperfect_teacher_keeps_true_labels(cli, tmp_path):
+    """build-data's synthetic source passes the simulated teacher through: every purple scene's
+    trace is mistaken (teacher_error 1), every other trace concludes the label."""
+    out = tmp_path / "o"
+    r = recipe(tmp_path, out, [{"name": "syn", "format": "synthetic", "n": 40, "modality": "image",
+                                "teacher_error": 1.0, "teacher_blind": ["purple"]}], build={"mode": "clean"})
+    proc = cli("build-data", "--recipe", r)
+    assert proc.returncode == 0, proc.stderr
+    rows = [x for f in sorted(out.glob("data-*.jsonl")) for x in lines(f)]
+    assert len(rows) == 40
+    purple = [x for x in rows if x["meta"]["facts"]["correct"] == "purple"]
+    assert purple and len(purple) < 40
+    for x in rows:
+        mistaken = x in purple
+        assert x["meta"]["teacher_correct"] is (not mistaken)
+        concluded = int(x["meta"]["trace"][-10])  # "...<answer>N</answer>"
+        assert concluded == (3 - x["label"] if mistaken else x["label"])
+
+
+def test_demo_build_recipe_cleans_the_synthetic_files(cli, tmp_path):
+    """recipes/tiny/build_demo.yaml (make demo's build-data step) on a small synth output."""
+    from r1rm.data.synthetic import write_dataset
+
+    train = write_dataset(tmp_path / "d", 30, seed=3, levels=(1,), modality="image", prefix="train")
+    out = tmp_path / "b"
+    proc = cli("build-data", "--recipe", "recipes/tiny/build_demo.yaml", f"output_dir={out}", "runtime.progress=false",
+               f"build.sources=[{{name: synthetic-colour, format: canonical, path: {train}}}]")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["n_records"] == 30 and m["counts"]["label"] == {"1": 15, "2": 15}
+    rows = [x for f in m["files"] for x in lines(out / f)]
+    assert all((out / x["images"][0]).is_file() for x in rows)
