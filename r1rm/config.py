@@ -65,6 +65,11 @@ class ModelConfig(Section):
 
 
 # ---------------------------------------------------------------- data
+# the synthetic task's colours and shape kinds (r1rm.data.synthetic.COLOURS / SHAPES): a simulated
+# teacher's blind spot names some of them
+SyntheticAttribute = Literal["red", "green", "blue", "yellow", "purple", "circle", "square", "triangle"]
+
+
 class SyntheticConfig(Section):
     n: int = Field(200, ge=1, description="Training examples to generate (train.jsonl).")
     n_eval: int = Field(100, ge=0, description="Held-out examples (eval.jsonl, drawn with seed + 1000).")
@@ -76,7 +81,7 @@ class SyntheticConfig(Section):
         0.0, ge=0, le=1, description="Simulated imperfect teacher: share of its traces in the blind spot that are "
         "mistaken (it sees what the wrong response says and concludes it); labels stay true."
     )
-    teacher_blind: list[str] = Field(
+    teacher_blind: list[SyntheticAttribute] = Field(
         default_factory=list, description="The simulated teacher's blind spot: colours / shape kinds whose scenes it "
         "may misjudge; empty = every scene."
     )
@@ -330,7 +335,7 @@ class SourceConfig(Section):
     image_size: int = Field(112, ge=28, description="synthetic: rendered image side in pixels.")
     seed: int | None = Field(None, description="synthetic: generator seed; None uses the top-level seed.")
     teacher_error: float = Field(0.0, ge=0, le=1, description="synthetic: simulated teacher's error rate in its blind spot.")
-    teacher_blind: list[str] = Field(default_factory=list, description="synthetic: the simulated teacher's blind spot (colours / shape kinds; empty = all).")
+    teacher_blind: list[SyntheticAttribute] = Field(default_factory=list, description="synthetic: the simulated teacher's blind spot (colours / shape kinds; empty = all).")
 
     @model_validator(mode="after")
     def _path(self) -> SourceConfig:

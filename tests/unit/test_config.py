@@ -66,6 +66,9 @@ def test_wrong_type_and_range_name_the_source(tmp_path):
     assert f"{r}:2" in str(e.value) and "sft.batch_size" in str(e.value) and "greater than or equal to 1" in str(e.value)
     with pytest.raises(ConfigError, match=r"override 'rl.lr=fast'.*rl.lr"):
         load_config(None, ["rl.lr=fast"])
+    # a blind-spot typo is named with its key before anything runs
+    with pytest.raises(ConfigError, match=r"data.synthetic.teacher_blind.*'red', 'green'"):
+        load_config(None, ["data.synthetic.teacher_blind=[pink]"])
 
 
 def test_cross_field_checks_say_what_to_change():

@@ -310,3 +310,11 @@ def test_teacher_bad_arguments():
         make_examples(4, seed=0, teacher_error=1.5)
     with pytest.raises(ConfigError, match="teacher_blind entry 'pink'"):
         make_examples(4, seed=0, teacher_error=0.5, teacher_blind=["pink"])
+
+
+def test_config_blind_spot_names_are_the_tasks_colours_and_shapes():
+    from typing import get_args
+
+    from r1rm.config import SyntheticAttribute
+
+    assert set(get_args(SyntheticAttribute)) == set(COLOURS) | set(SHAPES)
