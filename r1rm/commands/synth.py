@@ -34,7 +34,7 @@ def run(cfg: Config) -> dict[str, Path]:
     for split, n, s in splits:
         paths[split] = write_dataset(
             out, n, seed=s, levels=syn.levels, modality=syn.modality, image_size=syn.image_size, prefix=split,
-            teacher_error=syn.teacher_error, teacher_blind=syn.teacher_blind,
+            teacher_error=syn.teacher_error, teacher_blind=syn.teacher_blind, teacher_mistake=syn.teacher_mistake,
         )
         labels = Counter(r.label for r in read_records(paths[split]))
         table.add_row(split, str(paths[split]), str(n), str(labels[1]), str(labels[2]))

@@ -513,7 +513,8 @@ def _rows(src: Any, *, work_dir: Path, media_dir: Path, seed: int) -> Iterator[S
 
         path = write_dataset(work_dir / "synthetic" / src.name, src.n, seed=seed if src.seed is None else src.seed,
                              levels=src.levels, modality=src.modality, image_size=src.image_size, prefix=src.name,
-                             teacher_error=src.teacher_error, teacher_blind=src.teacher_blind)
+                             teacher_error=src.teacher_error, teacher_blind=src.teacher_blind,
+                             teacher_mistake=src.teacher_mistake)
         yield from _canonical(path, path.parent, src)
         return
     if fmt == "canonical":

@@ -77,6 +77,8 @@ LEVELS: dict[int, str] = {
     6: "generation",
 }
 GENERATION = 6
+# how the simulated imperfect teacher errs (Example.teacher_mistake; mistaken_trace)
+TEACHER_MISTAKES = ("perception", "position")
 
 MODALITIES = ("image", "caption", "text")
 
@@ -158,6 +160,7 @@ class Example:
     facts: dict = field(compare=True, hash=False)
     teacher_error: float = 0.0
     teacher_blind: tuple[str, ...] = ()
+    teacher_mistake: str = "perception"
 
     @property
     def category(self) -> str:
@@ -202,12 +205,14 @@ class Example:
     @property
     def trace(self) -> str:
         """The simulated teacher's trace: the correct one unless the teacher errs here."""
-        return teacher_trace(self, self.label) if self.teacher_correct else mistaken_trace(self)
+        return teacher_trace(self, self.label) if self.teacher_correct else mistaken_trace(self, kind=self.teacher_mistake)
 
     @property
     def teacher_correct(self) -> bool:
         """Whether the simulated teacher gets this example right (always, when teacher_error is 0)."""
         if self.teacher_error <= 0:
+            return True
+        if self.teacher_mistake == "position" and self.label == 1:  # it errs only by preferring the first
             return True
         blind = set(self.teacher_blind)
         if blind and not any({s.colour, s.kind} & blind for s in self.scene.shapes):
@@ -394,9 +399,11 @@ def _check_args(n: int, seed: int, levels: Sequence[int], modality: str, image_s
     return levels
 
 
-def _check_teacher(error: float, blind: Sequence[str]) -> tuple[str, ...]:
+def _check_teacher(error: float, blind: Sequence[str], mistake: str = "perception") -> tuple[str, ...]:
     if isinstance(error, bool) or not isinstance(error, int | float) or not 0 <= error <= 1:
         raise ConfigError(f"synthetic teacher_error must be a number in [0, 1], got {error!r}")
+    if mistake not in TEACHER_MISTAKES:
+        raise ConfigError(f"unknown synthetic teacher_mistake {mistake!r}", fix=f"use one of {', '.join(TEACHER_MISTAKES)}")
     if isinstance(blind, str):
         blind = (blind,)
     known = (*COLOURS, *SHAPES)
@@ -415,6 +422,7 @@ def make_examples(
     image_size: int = 112,
     teacher_error: float = 0.0,
     teacher_blind: Sequence[str] = (),
+    teacher_mistake: str = "perception",
 ) -> list[Example]:
     """`n` examples spread evenly over `levels` (in a seeded order), labels balanced exactly.
 
@@ -422,7 +430,7 @@ def make_examples(
     three modalities share scenes, questions, responses and labels.
     """
     levels = _check_args(n, seed, levels, modality, image_size)
-    blind = _check_teacher(teacher_error, teacher_blind)
+    blind = _check_teacher(teacher_error, teacher_blind, teacher_mistake)
     rng = random.Random(seed)
     # plan: levels cycled evenly; labels alternate along the level-grouped order so that
     # both the overall and the per-level label counts differ by at most one; then shuffle
@@ -464,7 +472,7 @@ def make_examples(
         }
         uid = hashlib.sha1(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:16]
         out.append(Example(i, uid, level, modality, scene, question, correct, incorrect, label, facts,
-                           float(teacher_error), blind))
+                           float(teacher_error), blind, teacher_mistake))
     return out
 
 
@@ -483,13 +491,21 @@ def teacher_trace(example: Example, answer: int) -> str:
     return _trace(example, example.scene, f["correct"], answer)
 
 
-def mistaken_trace(example: Example) -> str:
-    """The simulated teacher's mistake: it sees the scene as the wrong response describes it
-    (levels 1-5: the asked attribute takes the wrong value) and concludes that response. At
-    the generation level it misreads the candidates: observation true, conclusion wrong."""
+def mistaken_trace(example: Example, kind: str = "perception") -> str:
+    """The simulated teacher's mistake.
+
+    perception: it sees the scene as the wrong response describes it (levels 1-5: the asked
+        attribute takes the wrong value) and concludes that response; at the generation level
+        it misreads the candidates (observation true, conclusion wrong).
+    position: it reasons correctly and still names the other response (a position-biased
+        judge whose answer contradicts its own reasoning: what R1-Reward's consistency reward
+        is for); `Example.teacher_correct` makes it err only where the label is 2.
+    """
     wrong_answer = 3 - example.label
     f = example.facts
-    if example.level == GENERATION:
+    if kind not in TEACHER_MISTAKES:
+        raise ValueError(f"unknown teacher mistake {kind!r}")
+    if example.level == GENERATION or kind == "position":
         return teacher_trace(example, wrong_answer)
     return _trace(example, _as_wrong_says(example), f["wrong"], wrong_answer)
 
@@ -580,6 +596,7 @@ def write_dataset(
     prefix: str = "synthetic",
     teacher_error: float = 0.0,
     teacher_blind: Sequence[str] = (),
+    teacher_mistake: str = "perception",
 ) -> Path:
     """Write <out_dir>/<prefix>.jsonl (canonical records) and, for the image modality,
     <out_dir>/images/<uid>.png; return the jsonl path. Images are written first, the
@@ -589,7 +606,8 @@ def write_dataset(
     if not prefix or "/" in prefix or os.sep in prefix:
         raise ConfigError(f"synthetic prefix must be a plain file name stem, got {prefix!r}")
     examples = make_examples(n, seed=seed, levels=levels, modality=modality, image_size=image_size,
-                             teacher_error=teacher_error, teacher_blind=teacher_blind)
+                             teacher_error=teacher_error, teacher_blind=teacher_blind,
+                             teacher_mistake=teacher_mistake)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if modality == "image":

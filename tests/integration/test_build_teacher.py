@@ -446,6 +446,28 @@ def test_synthetic_source_with_an_imperfect_teacher_keeps_true_labels(cli, tmp_p
         assert x["meta"]["teacher_correct"] is (not mistaken)
         concluded = int(x["meta"]["trace"][-10])  # "...<answer>N</answer>"
         assert concluded == (3 - x["label"] if mistaken else x["label"])
+    # the position-biased teacher through the same source: only label-2 purple scenes are mistaken,
+    # each concluding Response 1 after the correct observation
+    out2 = tmp_path / "o2"
+    r2 = recipe(tmp_path, out2, [{"name": "syn", "format": "synthetic", "n": 40, "modality": "image",
+                                  "teacher_error": 1.0, "teacher_blind": ["purple"], "teacher_mistake": "position"}],
+                build={"mode": "clean"})
+    proc = cli("build-data", "--recipe", r2)
+    assert proc.returncode == 0, proc.stderr
+    rows2 = [x for f in sorted(out2.glob("data-*.jsonl")) for x in lines(f)]
+    assert len(rows2) == 40
+    # (clean mode may swap a pair to balance labels; its trace is turned round with it)
+    from r1rm.data.synthetic import make_examples
+
+    expected = {e.uid for e in make_examples(40, seed=100, teacher_error=1.0, teacher_blind=["purple"],
+                                             teacher_mistake="position") if not e.teacher_correct}
+    assert expected  # label-2 purple scenes exist in this draw
+    for x in rows2:
+        mistaken = x["meta"]["teacher_correct"] is False
+        assert mistaken == (x["uid"] in expected)
+        assert int(x["meta"]["trace"][-10]) == (3 - x["label"] if mistaken else x["label"])
+        # the observation is right either way: only the conclusion is the biased teacher's
+        assert f"The shape is {x['meta']['facts']['correct']}." in x["meta"]["trace"]
 
 
 def test_demo_build_recipe_cleans_the_synthetic_files(cli, tmp_path):

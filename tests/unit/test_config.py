@@ -69,6 +69,9 @@ def test_wrong_type_and_range_name_the_source(tmp_path):
     # a blind-spot typo is named with its key before anything runs
     with pytest.raises(ConfigError, match=r"data.synthetic.teacher_blind.*'red', 'green'"):
         load_config(None, ["data.synthetic.teacher_blind=[pink]"])
+    with pytest.raises(ConfigError, match=r"override 'data.synthetic.teacher_mistake=lazy'.*'perception' or 'position'"):
+        load_config(None, ["data.synthetic.teacher_mistake=lazy"])
+    assert load_config(None, ["data.synthetic.teacher_mistake=position"]).data.synthetic.teacher_mistake == "position"
 
 
 def test_cross_field_checks_say_what_to_change():

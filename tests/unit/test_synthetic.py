@@ -16,6 +16,7 @@ from r1rm.data.synthetic import (
     LEVELS,
     SHAPES,
     make_examples,
+    mistaken_trace,
     render_image,
     teacher_trace,
     write_dataset,
@@ -305,9 +306,47 @@ def test_teacher_blind_spot_and_error_rate():
     assert [e.label for e in exs] == [e.label for e in make_examples(3000, seed=6, levels=(1,))]
 
 
+@pytest.mark.parametrize("level", ALL_LEVELS)
+def test_position_biased_teacher_reasons_right_and_names_response_1(level):
+    exs = make_examples(120, seed=5, levels=(level,), teacher_error=1.0, teacher_mistake="position")
+    perfect = make_examples(120, seed=5, levels=(level,))
+    for ex, good in zip(exs, perfect, strict=True):
+        rec = ex.to_record()
+        trace = rec["meta"]["trace"]
+        assert TRACE_RE.match(trace)
+        if rec["label"] == 1:  # it errs only by preferring the first response
+            assert rec["meta"]["teacher_correct"] is True
+            assert trace == good.trace
+            continue
+        assert rec["meta"]["teacher_correct"] is False
+        assert trace.endswith("So Response 1 is correct.</think><answer>1</answer>")
+        # the reasoning is the correct trace's, word for word; only the conclusion differs
+        body = good.trace.split(" So Response 2 is correct.")[0]
+        assert good.trace.endswith("So Response 2 is correct.</think><answer>2</answer>")
+        assert trace == body + " So Response 1 is correct.</think><answer>1</answer>"
+    assert {e.label for e in exs if not e.teacher_correct} == {2}
+
+
+def test_position_biased_teacher_rate_and_blind_spot():
+    exs = make_examples(3000, seed=6, levels=(1,), teacher_error=0.7, teacher_blind=["purple"],
+                        teacher_mistake="position")
+    hit = [e for e in exs if e.facts["correct"] == "purple" and e.label == 2]
+    hit_uids = {e.uid for e in hit}
+    assert all(e.teacher_correct for e in exs if e.uid not in hit_uids)
+    share = sum(not e.teacher_correct for e in hit) / len(hit)
+    assert 0.62 < share < 0.78, share  # ~300 purple label-2 scenes: ~3 standard errors
+    # the same uids as the perception teacher's mistakes, where the label is 2
+    perception = make_examples(3000, seed=6, levels=(1,), teacher_error=0.7, teacher_blind=["purple"])
+    assert [e.teacher_correct for e in hit] == [p.teacher_correct for p in perception if p.uid in hit_uids]
+
+
 def test_teacher_bad_arguments():
     with pytest.raises(ConfigError, match="teacher_error"):
         make_examples(4, seed=0, teacher_error=1.5)
+    with pytest.raises(ConfigError, match="teacher_mistake 'lazy'"):
+        make_examples(4, seed=0, teacher_error=0.5, teacher_mistake="lazy")
+    with pytest.raises(ValueError, match="teacher mistake"):
+        mistaken_trace(make_examples(4, seed=0)[0], kind="lazy")
     with pytest.raises(ConfigError, match="teacher_blind entry 'pink'"):
         make_examples(4, seed=0, teacher_error=0.5, teacher_blind=["pink"])
 
