@@ -602,7 +602,10 @@ def _format_validation(err: ValidationError, origins: dict[str, str], overridden
     for e in err.errors():
         loc = [str(x) for x in e["loc"]]
         dotted = ".".join(loc)
-        src = overridden.get(dotted) or origins.get(dotted)
+        # an override replaces the whole value at its key: an error inside it (a list item, a
+        # nested key) is the override's, not the recipe line that the override replaced
+        src = next((overridden[p] for p in (".".join(loc[:i]) for i in range(len(loc), 0, -1)) if p in overridden), None)
+        src = src or origins.get(dotted)
         if src is None:
             # a model-level validator points at its section: use the section's location
             src = overridden.get(dotted) or next((origins[k] for k in origins if dotted and k.startswith(dotted + ".")), None)

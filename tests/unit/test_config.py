@@ -69,6 +69,12 @@ def test_wrong_type_and_range_name_the_source(tmp_path):
     # a blind-spot typo is named with its key before anything runs
     with pytest.raises(ConfigError, match=r"data.synthetic.teacher_blind.*'red', 'green'"):
         load_config(None, ["data.synthetic.teacher_blind=[pink]"])
+    # a bad list item given by an override is the override's, even where the recipe sets the section
+    r2 = write(tmp_path, "data:\n  synthetic:\n    n: 10\n    teacher_blind: [red]\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(r2, ["data.synthetic.teacher_blind=[pink]"])
+    assert "override 'data.synthetic.teacher_blind=[pink]': data.synthetic.teacher_blind.0" in str(e.value)
+    assert f"{r2}:" not in str(e.value)
     with pytest.raises(ConfigError, match=r"override 'data.synthetic.teacher_mistake=lazy'.*'perception' or 'position'"):
         load_config(None, ["data.synthetic.teacher_mistake=lazy"])
     assert load_config(None, ["data.synthetic.teacher_mistake=position"]).data.synthetic.teacher_mistake == "position"
