@@ -215,6 +215,13 @@ class RLConfig(OptimConfig):
     keep_last: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     eval_every_steps: int = Field(0, ge=0, description="Held-out eval (data.eval, both orders, greedy) interval; 0 disables.")
     eval_limit: int | None = Field(None, ge=1, description="Held-out items used by the periodic eval (None: all).")
+    keep_best: bool = Field(
+        False, description="Keep the policy with the best periodic-eval rl.best_metric in output_dir/best (best.json: "
+        "step, value); give data.eval a validation split, not the test set."
+    )
+    best_metric: Literal["both_orders_strict", "both_orders_mean", "chosen_first", "chosen_second"] = Field(
+        "both_orders_strict", description="rl.keep_best: the periodic-eval accuracy to maximise (ties keep the earlier step)."
+    )
     shuffle: bool = Field(True, description="Shuffle prompts each epoch; false keeps file order (curriculum).")
     both_orders: bool = Field(
         False, description="Roll every item out as given and swapped in the same batch: label-balanced batches, "

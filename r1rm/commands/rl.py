@@ -110,6 +110,7 @@ def run(cfg: Config) -> dict:
         moments_to_mean_std,
         raw_advantages,
     )
+    from r1rm.core.metrics import improved_best
     from r1rm.core.parsing import extract_answer
     from r1rm.core.policy_loss import aggregate, clipped_policy_loss, kl_estimate
     from r1rm.core.rewards import combine, format_reward, result_reward, type_reward
@@ -121,7 +122,7 @@ def run(cfg: Config) -> dict:
     from r1rm.engines.hf import VISION_PLACEHOLDERS, HFEngine
     from r1rm.models.loading import load_model, load_processor
     from r1rm.runtime.accel import apply_update, gathered_for_generation, make_accelerator, make_optimizer, split_batch
-    from r1rm.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from r1rm.runtime.checkpoint import latest_checkpoint, load_checkpoint, recover_best, save_best, save_checkpoint
     from r1rm.runtime.judges import JudgeStats, consistency_scores
     from r1rm.runtime.metrics_log import MetricsLog
     from r1rm.runtime.modelprep import prepare_for_training, save_hf
@@ -136,6 +137,9 @@ def run(cfg: Config) -> dict:
 
     rc = cfg.rl
     out = Path(cfg.output_dir)
+    if rc.keep_best and not (rc.eval_every_steps and cfg.data.eval):
+        raise ConfigError("rl.keep_best needs the periodic eval: rl.eval_every_steps > 0 and a data.eval file",
+                          fix="set rl.eval_every_steps and data.eval=[a validation split] (not the test set), or drop rl.keep_best")
     items = read_items(cfg.data.train, image_root=cfg.data.image_root, target_field=None)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if rc.rollout_batch_size % world:
@@ -198,12 +202,17 @@ def run(cfg: Config) -> dict:
     step = 0
     counters = {"skipped_updates": 0, "nonfinite_microbatches": 0, "skipped_long_prompts": 0}
     last_eval: dict = {}
+    best: dict | None = None  # rl.keep_best: {"step", "metric", "value"} of out/best
+    if rc.keep_best and acc.is_main_process:
+        recover_best(out)  # a swap a kill interrupted
     ckpt = latest_checkpoint(out) if cfg.runtime.resume else None
     if ckpt is not None:
         state = load_checkpoint(acc, ckpt)
         step, counters = state["step"], state["counters"]
         # run totals the metrics and summary.json report: carried by the checkpoints
         judge_stats, last_eval = JudgeStats(**state.get("judge", {})), state.get("last_eval", {})
+        # the best as of this checkpoint: a best/ saved after it is re-derived when its step replays
+        best = state.get("best")
     log = MetricsLog(out, enabled=acc.is_main_process, resume_step=step, tensorboard=cfg.runtime.tensorboard,
                      wandb_project=cfg.runtime.wandb_project, run_config=cfg.model_dump(mode="json"))
 
@@ -429,22 +438,27 @@ def run(cfg: Config) -> dict:
             if rc.eval_every_steps and cfg.data.eval and (step % rc.eval_every_steps == 0 or step == total_rollouts):
                 last_eval = held_out_eval(cfg, acc, model, processor, step=step)
                 metrics.update(last_eval)
+                new_best = improved_best(best, value=last_eval[f"eval/{rc.best_metric}"], step=step,
+                                         metric=rc.best_metric) if rc.keep_best else None
+                if new_best is not None:  # the eval is gathered: every process takes the same branch
+                    best = new_best
+                    save_best(acc, model, processor, out, record=best)
             if step % cfg.runtime.log_every_steps == 0 or step == total_rollouts:
                 log.log(step, metrics)
             bar.update(task, advance=1, description=f"rl reward {metrics['reward']:.3f} acc {metrics['accuracy']:.2f}")
             if step % rc.save_every_steps == 0 and step < total_rollouts:
                 save_checkpoint(acc, model, processor, out, step=step, keep_last=rc.keep_last,
                                 trainer_state={"step": step, "counters": counters, "judge": vars(judge_stats),
-                                               "last_eval": last_eval})
+                                               "last_eval": last_eval, "best": best})
 
     save_checkpoint(acc, model, processor, out, step=step, keep_last=rc.keep_last,
                     trainer_state={"step": step, "counters": counters, "judge": vars(judge_stats), "last_eval": last_eval,
-                                   "final": True})
+                                   "best": best, "final": True})
     state_dict = acc.get_state_dict(model)
     summary = {"steps": step, "processes": acc.num_processes, "algorithm": rc.algorithm, "pre_clip": pre_clip_ratio,
                "grouped_forward": grouped,
                "adv_filter": adv_filter, **counters, "judge_calls": judge_stats.calls,
-               "judge_failures": judge_stats.failures, **last_eval}
+               "judge_failures": judge_stats.failures, **last_eval, **({"best": best} if rc.keep_best else {})}
     if acc.is_main_process:
         save_hf(acc.unwrap_model(model), processor, out / "model", state_dict=state_dict)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -452,6 +466,9 @@ def run(cfg: Config) -> dict:
 
         Console().print(f"rl done: {step} rollout steps ({rc.algorithm}); model in [bold]{out / 'model'}[/]; "
                         f"{counters['skipped_updates']} updates skipped as non-finite")
+        if best is not None:
+            Console().print(f"best periodic eval: {best['metric']} {best['value']:.4f} at step {best['step']} "
+                            f"([bold]{out / 'best'}[/])")
     log.close()
     if judge_engine is not None:
         judge_engine.close()

@@ -245,3 +245,13 @@ def format_report(metrics: Mapping[str, Any]) -> str:
         cells = [_pct(b["per_category"][c]["accuracy"]) if c in b["per_category"] else "–" for b in acc.values()]
         lines.append(f"| {c} | {n} | " + " | ".join(cells) + " |")
     return "\n".join([*lines, ""])
+
+
+def improved_best(best: Mapping[str, Any] | None, *, value: float, step: int, metric: str) -> dict | None:
+    """rl.keep_best: the new best record when `value` beats `best` (strictly: a tie keeps the
+    earlier step; a NaN never wins), else None."""
+    if value != value:
+        return None
+    if best is not None and not value > best["value"]:
+        return None
+    return {"step": step, "metric": metric, "value": value}

@@ -7,6 +7,11 @@ of every process, via accelerate — DeepSpeed's own format under ZeRO) and
 renamed only when complete, and a checkpoint is deleted (pruned, or replaced by a rerun's save
 of the same step) only after being renamed to a `.del-` name, so a run killed at any moment
 leaves either the previous checkpoints or the new one — never half of one.
+
+`<output_dir>/best/` (rl.keep_best) holds the policy with the best periodic-eval score so far, in
+Hugging Face format, with `best.json` (step, metric, value) written last. A new best is written
+as `.tmp-best`, the old one renamed to `.del-best`, the new one renamed in; `recover_best` (run at
+start) finishes or undoes a swap a kill interrupted, so `best/` is always one complete model.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from r1rm.runtime.modelprep import save_hf
 
 CHECKPOINTS = "checkpoints"
 STATE = "trainer_state.json"
+BEST = "best"
+BEST_RECORD = "best.json"
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -83,3 +90,35 @@ def load_checkpoint(accelerator, ckpt: Path) -> dict:
     """Restore optimizer, scheduler, model and RNG states; return the trainer state."""
     accelerator.load_state(str(ckpt / "state"))
     return json.loads((ckpt / STATE).read_text())
+
+
+def recover_best(out_dir: str | os.PathLike) -> dict | None:
+    """Finish or undo a `best/` swap that a kill interrupted; return best.json's record (None: none)."""
+    out = Path(out_dir)
+    best, tmp, old = out / BEST, out / f".tmp-{BEST}", out / f".del-{BEST}"
+    if not best.exists():
+        if (tmp / BEST_RECORD).is_file():  # killed between the two renames: the new one is complete
+            os.replace(tmp, best)
+        elif old.exists():  # killed before the new one was complete: put the old one back
+            os.replace(old, best)
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    rec = best / BEST_RECORD
+    return json.loads(rec.read_text()) if rec.is_file() else None
+
+
+def save_best(accelerator, model, processor, out_dir: str | os.PathLike, *, record: dict) -> Path:
+    """Every process calls this (ZeRO gathers); the main process writes `<out_dir>/best/` atomically."""
+    out = Path(out_dir)
+    best, tmp, old = out / BEST, out / f".tmp-{BEST}", out / f".del-{BEST}"
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        recover_best(out)
+        save_hf(accelerator.unwrap_model(model), processor, tmp, state_dict=state_dict)
+        _write_json_atomic(tmp / BEST_RECORD, record)  # last: marks the new one complete
+        if best.exists():
+            os.replace(best, old)
+        os.replace(tmp, best)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return best

@@ -236,3 +236,29 @@ def test_kl_in_reward_with_one_update_per_rollout_uses_real_old_logprobs(cli, ti
                      "rl.train_batch_size=16", "rl.max_steps=1"))  # 4 items x 2 orders x n 2 = 16: one update
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert abs(rows(out)[-1]["kl_ref"]) < 1e-4
+
+
+def test_keep_best_saves_the_best_periodic_eval_policy(cli, tiny, data, tmp_path):
+    """rl.keep_best: out/best is the policy of the first step with the highest periodic-eval score,
+    equal to that step's checkpoint, and named in best.json and summary.json."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "best"
+    proc = cli(*args(tiny, data, out, "rl.max_steps=3", "rl.eval_every_steps=1", "rl.keep_best=true",
+                     "rl.best_metric=both_orders_mean", "rl.keep_last=5"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evals = [(x["step"], x["eval/both_orders_mean"]) for x in rows(out)]
+    assert [s for s, _ in evals] == [1, 2, 3]
+    top = max(v for _, v in evals)
+    want = next(s for s, v in evals if v == top)  # ties keep the earlier step
+    record = json.loads((out / "best" / "best.json").read_text())
+    assert record == {"step": want, "metric": "both_orders_mean", "value": top}
+    assert json.loads((out / "summary.json").read_text())["best"] == record
+    best = load_file(out / "best" / "model.safetensors")
+    ckpt = load_file(out / "checkpoints" / f"step-{want:07d}" / "model.safetensors")
+    assert best.keys() == ckpt.keys() and all(best[k].equal(ckpt[k]) for k in best)
+    assert not any(p.name.startswith((".tmp-best", ".del-best")) for p in out.iterdir())
+    # without the periodic eval there is nothing to choose by: a clear error before anything is written
+    proc = cli(*args(tiny, data, tmp_path / "nobest", "rl.keep_best=true"))
+    assert proc.returncode == 2 and "rl.keep_best needs the periodic eval" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "nobest").exists()

@@ -186,3 +186,50 @@ def test_format_report_tables():
     assert "| video | 1 | 100.00 | 0.00 | 50.00 | 0.00 |" in text
     assert "| position consistency | 75.00 |" in text
     assert "No accuracy" in format_report(compute_metrics([], benchmark="canonical"))
+
+
+# ---------------------------------------------------------------- rl.keep_best
+def test_improved_best_is_strict_and_ignores_nan():
+    from r1rm.core.metrics import improved_best
+
+    first = improved_best(None, value=0.4, step=10, metric="both_orders_strict")
+    assert first == {"step": 10, "metric": "both_orders_strict", "value": 0.4}
+    assert improved_best(first, value=0.4, step=20, metric="both_orders_strict") is None  # a tie keeps step 10
+    assert improved_best(first, value=0.3, step=20, metric="both_orders_strict") is None
+    assert improved_best(first, value=float("nan"), step=20, metric="both_orders_strict") is None
+    assert improved_best(None, value=float("nan"), step=20, metric="both_orders_strict") is None
+    assert improved_best(first, value=0.45, step=30, metric="both_orders_strict")["step"] == 30
+
+
+def _fake_best(d, step):
+    import json
+
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"w%d" % step)
+    (d / "best.json").write_text(json.dumps({"step": step, "metric": "both_orders_strict", "value": step / 100}))
+
+
+def test_recover_best_finishes_or_undoes_an_interrupted_swap(tmp_path):
+    from r1rm.runtime.checkpoint import recover_best
+
+    # killed between the renames: the complete new one (.tmp-best with best.json) goes in
+    a = tmp_path / "a"
+    _fake_best(a / ".tmp-best", 20)
+    _fake_best(a / ".del-best", 10)
+    assert recover_best(a)["step"] == 20
+    assert (a / "best" / "model.safetensors").read_bytes() == b"w20"
+    assert sorted(p.name for p in a.iterdir()) == ["best"]
+    # killed while the new one was being written (no best.json yet) after the old was moved: old back
+    b = tmp_path / "b"
+    _fake_best(b / ".del-best", 10)
+    (b / ".tmp-best").mkdir()
+    (b / ".tmp-best" / "model.safetensors").write_bytes(b"half")
+    assert recover_best(b)["step"] == 10
+    assert sorted(p.name for p in b.iterdir()) == ["best"]
+    # killed while writing a new one, the old one still in place: the partial one is dropped
+    c = tmp_path / "c"
+    _fake_best(c / "best", 10)
+    (c / ".tmp-best").mkdir()
+    assert recover_best(c)["step"] == 10 and sorted(p.name for p in c.iterdir()) == ["best"]
+    # nothing saved yet
+    assert recover_best(tmp_path / "d") is None
