@@ -73,6 +73,7 @@ SyntheticAttribute = Literal["red", "green", "blue", "yellow", "purple", "circle
 class SyntheticConfig(Section):
     n: int = Field(200, ge=1, description="Training examples to generate (train.jsonl).")
     n_eval: int = Field(100, ge=0, description="Held-out examples (eval.jsonl, drawn with seed + 1000).")
+    n_val: int = Field(0, ge=0, description="Validation examples for choosing checkpoints (val.jsonl, seed + 2000); 0: none.")
     levels: list[int] = Field(default_factory=lambda: [1], description="Difficulty levels (1-5; 6 = image-generation pairs) mixed evenly.")
     modality: Literal["image", "caption", "text"] = Field("image", description="How the scene is shown to the judge.")
     image_size: int = Field(112, ge=28, description="Rendered image side in pixels.")

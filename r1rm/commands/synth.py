@@ -1,8 +1,10 @@
 """`r1rm synth`: generate the synthetic preference task (the embedded default data).
 
-Writes `<output_dir>/train.jsonl` (data.synthetic.n examples, seed) and
-`<output_dir>/eval.jsonl` (data.synthetic.n_eval examples, seed + 1000: disjoint scenes),
-images under `<output_dir>/images/` for the image modality, and `config.yaml`.
+Writes `<output_dir>/train.jsonl` (data.synthetic.n examples, seed),
+`<output_dir>/eval.jsonl` (data.synthetic.n_eval examples, seed + 1000: the held-out test set),
+`<output_dir>/val.jsonl` when data.synthetic.n_val > 0 (seed + 2000: a validation split for
+choosing checkpoints, e.g. `rl.keep_best`, so the test set is not used to choose), images under
+`<output_dir>/images/` for the image modality, and `config.yaml`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from r1rm.config import Config, save_config
 
 EVAL_SEED_OFFSET = 1000
+VAL_SEED_OFFSET = 2000
 
 
 def run(cfg: Config) -> dict[str, Path]:
@@ -27,7 +30,8 @@ def run(cfg: Config) -> dict[str, Path]:
     out = Path(cfg.output_dir)
     save_config(cfg)
     paths = {}
-    splits = [("train", syn.n, seed)] + ([("eval", syn.n_eval, seed + EVAL_SEED_OFFSET)] if syn.n_eval else [])
+    splits = ([("train", syn.n, seed)] + ([("eval", syn.n_eval, seed + EVAL_SEED_OFFSET)] if syn.n_eval else [])
+              + ([("val", syn.n_val, seed + VAL_SEED_OFFSET)] if syn.n_val else []))
     table = Table(title=f"synthetic task ({syn.modality}, levels {syn.levels})")
     for col in ("split", "file", "n", "label 1", "label 2"):
         table.add_column(col)

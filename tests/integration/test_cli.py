@@ -57,17 +57,24 @@ def test_bad_override_and_missing_recipe(cli, tmp_path):
 
 def test_synth_then_check_data(cli, tmp_path):
     out = tmp_path / "d"
-    proc = cli("synth", f"output_dir={out}", "data.synthetic.n=12", "data.synthetic.n_eval=6", "data.synthetic.levels=[1,4]")
+    proc = cli("synth", f"output_dir={out}", "data.synthetic.n=12", "data.synthetic.n_eval=6", "data.synthetic.n_val=4",
+               "data.synthetic.levels=[1,4]")
     assert proc.returncode == 0, proc.stderr
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["data"]["synthetic"]["n"] == 12
     train = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
     held = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
-    assert len(train) == 12 and len(held) == 6
-    assert not {r["uid"] for r in train} & {r["uid"] for r in held}
-    assert sum(r["label"] == 1 for r in train) == 6
-    proc = cli("check-data", out / "train.jsonl", out / "eval.jsonl")
+    val = [json.loads(x) for x in (out / "val.jsonl").read_text().splitlines()]
+    assert len(train) == 12 and len(held) == 6 and len(val) == 4
+    # three different draws: no pair in two splits, and every split label-balanced
+    uids = [{r["uid"] for r in split} for split in (train, held, val)]
+    assert not (uids[0] & uids[1] or uids[0] & uids[2] or uids[1] & uids[2])
+    assert sum(r["label"] == 1 for r in train) == 6 and sum(r["label"] == 1 for r in val) == 2
+    proc = cli("check-data", out / "train.jsonl", out / "eval.jsonl", out / "val.jsonl")
     assert proc.returncode == 0, proc.stderr
+    # no validation split unless asked for
+    proc = cli("synth", f"output_dir={tmp_path / 'e'}", "data.synthetic.n=4", "data.synthetic.n_eval=2")
+    assert proc.returncode == 0 and not (tmp_path / "e" / "val.jsonl").exists()
 
 
 def test_check_data_reports_bad_lines_and_media(cli, tmp_path):
