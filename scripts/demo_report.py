@@ -4,7 +4,8 @@
 
 Prints a table of held-out accuracy (chosen-first, chosen-second, both-orders mean and
 strict, parse failures) for the untrained, SFT and RL models, the voting summary, and writes
-<demo>/report.md and <demo>/curves.png (SFT loss; RL reward and held-out strict accuracy).
+<demo>/report.md and <demo>/curves.png (SFT loss; RL reward and validation strict accuracy,
+the kept checkpoint starred).
 """
 
 from __future__ import annotations
@@ -51,9 +52,15 @@ def main(demo: Path) -> int:
     a.set_xlabel("SFT step")
     a.set_ylabel("loss (per supervised token)")
     b.plot([r["step"] for r in rl], [r["reward"] for r in rl], label="rollout reward (0..2)")
-    start = json.loads((demo / "eval_sft" / "metrics.json").read_text())["accuracy"]["both_orders_strict"]["overall"]
-    ev = [{"step": 0, "eval/both_orders_strict": start}] + [r for r in rl if "eval/both_orders_strict" in r]
-    b.plot([r["step"] for r in ev], [r["eval/both_orders_strict"] for r in ev], "o-", label="held-out strict accuracy")
+    # the RL run's periodic eval is on its data.eval: the held-out set (make demo) or the validation
+    # split it keeps its best checkpoint by (make demo-gain, rl.keep_best)
+    best = demo / "rl" / "best" / "best.json"
+    ev = [r for r in rl if "eval/both_orders_strict" in r]
+    b.plot([r["step"] for r in ev], [r["eval/both_orders_strict"] for r in ev], "o-",
+           label=("validation" if best.is_file() else "held-out") + " strict accuracy")
+    if best.is_file():
+        rec = json.loads(best.read_text())
+        b.plot([rec["step"]], [rec["value"]], "*", markersize=12, label=f"kept (rl.keep_best): step {rec['step']}")
     b.set_xlabel("RL step")
     b.legend(fontsize=8)
     fig.tight_layout()

@@ -56,3 +56,32 @@ def test_paper_hyper_parameters():
         assert c.data.prompt == "msrl" and c.rl.type_weight == 0.2
         frozen = stage != "rl_stage4_multimodal"
         assert c.model.freeze_vision_tower is frozen and c.model.freeze_projector is frozen
+
+
+def test_make_demo_and_demo_gain_chain_their_recipes():
+    """`make -n` (dry run): the default demo and the RL-gain variant run the same chain with
+    their own data, RL recipe, RL eval split and scored RL model."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    repo = Path(__file__).resolve().parents[2]
+
+    def plan(*target: str) -> str:
+        proc = subprocess.run(["make", "-n", *target], cwd=repo, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    demo = plan("demo", "DEMO=out/plan_demo")
+    assert "synth --recipe recipes/tiny/synth.yaml output_dir=out/plan_demo/data" in demo
+    assert "rl --recipe recipes/tiny/rl.yaml" in demo and "data.eval=[out/plan_demo/data/eval.jsonl] output_dir=out/plan_demo/rl" in demo
+    assert "model.path=out/plan_demo/rl/model output_dir=out/plan_demo/eval_rl" in demo
+    gain = plan("demo-gain")
+    assert "synth --recipe recipes/tiny/synth_flawed_teacher.yaml output_dir=out/demo_gain/data" in gain
+    assert "rl --recipe recipes/tiny/rl_strong.yaml" in gain
+    assert "data.eval=[out/demo_gain/data/val.jsonl] output_dir=out/demo_gain/rl" in gain
+    # the kept checkpoint is what the held-out eval and the vote score
+    assert "model.path=out/demo_gain/rl/best output_dir=out/demo_gain/eval_rl" in gain
+    assert "model.path=out/demo_gain/rl/best output_dir=out/demo_gain/vote" in gain
+    assert "data.eval=[out/demo_gain/data/eval.jsonl] model.path=out/demo_gain/rl/best" in gain
