@@ -81,7 +81,7 @@ demo: demo-report
 
 # the same chain where RL has something to fix (README, "The demo's RL gain"): a simulated teacher
 # wrong on 60 % of purple scenes, the strong RL recipe, its checkpoint chosen on data/val.jsonl
-# (rl.keep_best) and scored on the untouched eval.jsonl; one thread, as measured; ~20 min
+# (rl.keep_best) and scored on the untouched eval.jsonl; one thread, as measured (18 min 15 s on 2 cores)
 demo-gain: export OMP_NUM_THREADS = 1
 demo-gain: | install
 	$(MAKE) demo DEMO=out/demo_gain DEMO_SYNTH=recipes/tiny/synth_flawed_teacher.yaml \

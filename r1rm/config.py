@@ -68,6 +68,8 @@ class ModelConfig(Section):
 # the synthetic task's colours and shape kinds (r1rm.data.synthetic.COLOURS / SHAPES): a simulated
 # teacher's blind spot names some of them
 SyntheticAttribute = Literal["red", "green", "blue", "yellow", "purple", "circle", "square", "triangle"]
+# how the simulated teacher errs (r1rm.data.synthetic.TEACHER_MISTAKES)
+TeacherMistake = Literal["perception", "position"]
 
 
 class SyntheticConfig(Section):
@@ -86,7 +88,7 @@ class SyntheticConfig(Section):
         default_factory=list, description="The simulated teacher's blind spot: colours / shape kinds whose scenes it "
         "may misjudge; empty = every scene."
     )
-    teacher_mistake: Literal["perception", "position"] = Field(
+    teacher_mistake: TeacherMistake = Field(
         "perception", description="How the simulated teacher errs: perception (sees what the wrong response says) or "
         "position (reasons correctly but names Response 1; only where the label is 2)."
     )
@@ -348,7 +350,7 @@ class SourceConfig(Section):
     seed: int | None = Field(None, description="synthetic: generator seed; None uses the top-level seed.")
     teacher_error: float = Field(0.0, ge=0, le=1, description="synthetic: simulated teacher's error rate in its blind spot.")
     teacher_blind: list[SyntheticAttribute] = Field(default_factory=list, description="synthetic: the simulated teacher's blind spot (colours / shape kinds; empty = all).")
-    teacher_mistake: Literal["perception", "position"] = Field("perception", description="synthetic: how the simulated teacher errs (perception / position).")
+    teacher_mistake: TeacherMistake = Field("perception", description="synthetic: how the simulated teacher errs (perception / position).")
 
     @model_validator(mode="after")
     def _path(self) -> SourceConfig:

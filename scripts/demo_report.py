@@ -4,8 +4,8 @@
 
 Prints a table of held-out accuracy (chosen-first, chosen-second, both-orders mean and
 strict, parse failures) for the untrained, SFT and RL models, the voting summary, and writes
-<demo>/report.md and <demo>/curves.png (SFT loss; RL reward and validation strict accuracy,
-the kept checkpoint starred).
+<demo>/report.md and <demo>/curves.png (SFT loss; RL reward and the RL run's periodic strict accuracy
+on its data.eval — held-out for `make demo`, validation for `make demo-gain`, the kept checkpoint starred).
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ has a colour or shape kind listed in teacher_blind; every example when the list 
 gets, with probability teacher_error (drawn from its uid), a *mistaken* trace: the teacher
 sees what the wrong response says ("The image shows a blue square" for a purple one) and
 concludes it. Labels stay true, so RL's reward is right where the teacher was wrong;
-meta["teacher_correct"] records which traces are mistaken. Generation is pure and deterministic
+meta["teacher_correct"] records which traces are mistaken. teacher_mistake="position" makes it a
+position-biased judge instead: only where the label is 2, it reasons correctly and names Response 1. Generation is pure and deterministic
 (random.Random(seed), no global RNG): the same arguments give byte-identical files.
 """
 

@@ -357,3 +357,12 @@ def test_config_blind_spot_names_are_the_tasks_colours_and_shapes():
     from r1rm.config import SyntheticAttribute
 
     assert set(get_args(SyntheticAttribute)) == set(COLOURS) | set(SHAPES)
+
+
+def test_config_teacher_mistakes_are_the_generators():
+    from typing import get_args
+
+    from r1rm.config import TeacherMistake
+    from r1rm.data.synthetic import TEACHER_MISTAKES
+
+    assert get_args(TeacherMistake) == TEACHER_MISTAKES
