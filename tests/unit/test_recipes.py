@@ -58,9 +58,10 @@ def test_paper_hyper_parameters():
         assert c.model.freeze_vision_tower is frozen and c.model.freeze_projector is frozen
 
 
-def test_make_demo_and_demo_gain_chain_their_recipes():
-    """`make -n` (dry run): the default demo and the RL-gain variant run the same chain with
-    their own data, RL recipe, RL eval split and scored RL model."""
+def test_make_demo_chains_its_recipes():
+    """`make -n` (dry run): the demo chains the flawed-teacher data, the early-stopped SFT and the
+    strong RL recipe; RL chooses its checkpoint on the validation split, and the held-out eval
+    and the vote score that kept checkpoint; the stability ablation builds its own SFT base."""
     import shutil
     import subprocess
 
@@ -74,14 +75,20 @@ def test_make_demo_and_demo_gain_chain_their_recipes():
         return proc.stdout
 
     demo = plan("demo", "DEMO=out/plan_demo")
-    assert "synth --recipe recipes/tiny/synth.yaml output_dir=out/plan_demo/data" in demo
-    assert "rl --recipe recipes/tiny/rl.yaml" in demo and "data.eval=[out/plan_demo/data/eval.jsonl] output_dir=out/plan_demo/rl" in demo
-    assert "model.path=out/plan_demo/rl/model output_dir=out/plan_demo/eval_rl" in demo
-    gain = plan("demo-gain")
-    assert "synth --recipe recipes/tiny/synth_flawed_teacher.yaml output_dir=out/demo_gain/data" in gain
-    assert "rl --recipe recipes/tiny/rl_strong.yaml" in gain
-    assert "data.eval=[out/demo_gain/data/val.jsonl] output_dir=out/demo_gain/rl" in gain
-    # the kept checkpoint is what the held-out eval and the vote score
-    assert "model.path=out/demo_gain/rl/best output_dir=out/demo_gain/eval_rl" in gain
-    assert "model.path=out/demo_gain/rl/best output_dir=out/demo_gain/vote" in gain
-    assert "data.eval=[out/demo_gain/data/eval.jsonl] model.path=out/demo_gain/rl/best" in gain
+    assert "synth --recipe recipes/tiny/synth_flawed_teacher.yaml output_dir=out/plan_demo/data" in demo
+    assert "check-data out/plan_demo/data/train.jsonl out/plan_demo/data/val.jsonl out/plan_demo/data/eval.jsonl" in demo
+    assert "sft --recipe recipes/tiny/sft_demo.yaml model.path=out/plan_demo/model" in demo
+    assert "rl --recipe recipes/tiny/rl_demo.yaml model.path=out/plan_demo/sft/model data.train=[out/plan_demo/build]" in demo
+    assert "data.eval=[out/plan_demo/data/val.jsonl] output_dir=out/plan_demo/rl" in demo
+    assert "model.path=out/plan_demo/rl/best output_dir=out/plan_demo/eval_rl" in demo
+    assert "model.path=out/plan_demo/rl/best output_dir=out/plan_demo/vote" in demo
+    assert "data.eval=[out/plan_demo/data/eval.jsonl] model.path=out/plan_demo/rl/best" in demo
+    # the recipes say what the Makefile relies on
+    sft = load_config(repo / "recipes/tiny/sft_demo.yaml")
+    rl = load_config(repo / "recipes/tiny/rl_demo.yaml")
+    synth = load_config(repo / "recipes/tiny/synth_flawed_teacher.yaml")
+    assert sft.sft.max_steps == 1000 and sft.sft.max_steps * sft.sft.batch_size <= synth.data.synthetic.n
+    assert rl.rl.keep_best and rl.rl.eval_every_steps and rl.rl.max_steps % rl.rl.eval_every_steps == 0
+    assert synth.data.synthetic.n_val > 0 and synth.data.synthetic.teacher_error > 0
+    abl = plan("ablation-stability", "-B")
+    assert "sft --recipe recipes/tiny/sft.yaml" in abl and "model.path=out/ablation/base/sft/checkpoints/step-0000500" in abl
