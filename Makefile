@@ -109,15 +109,14 @@ transfer: demo-model
 	  $(R1RM) eval --recipe recipes/tiny/eval.yaml model.path=$(TR)/$$m/model data.eval=[$(TR)/image/eval.jsonl] output_dir=$(TR)/eval_$$m || exit 1; done
 
 # R1-Reward Table 6 in miniature: reinforce_pp / no filter / no Pre-CLIP / stable_reinforce under stress,
-# from the step-500 checkpoint of SFT on the perfect teacher's traces (recipes/tiny/synth.yaml, sft.yaml),
-# an imperfect policy
+# from the model of SFT on the perfect teacher's traces (recipes/tiny/synth.yaml, sft.yaml)
 ABL = out/ablation
-$(ABL)/base/sft/checkpoints/step-0000500: | demo-model
+$(ABL)/base/sft/model/model.safetensors: | demo-model
 	$(R1RM) synth --recipe recipes/tiny/synth.yaml output_dir=$(ABL)/base/data
 	$(R1RM) sft --recipe recipes/tiny/sft.yaml model.path=$(DEMO)/model data.train=[$(ABL)/base/data/train.jsonl] output_dir=$(ABL)/base/sft
 
-ablation-stability: $(ABL)/base/sft/checkpoints/step-0000500
-	$(PY) scripts/ablation_stability.py --recipe recipes/tiny/ablation_stability.yaml model.path=$(ABL)/base/sft/checkpoints/step-0000500 \
+ablation-stability: $(ABL)/base/sft/model/model.safetensors
+	$(PY) scripts/ablation_stability.py --recipe recipes/tiny/ablation_stability.yaml model.path=$(ABL)/base/sft/model \
 	  data.train=[$(ABL)/base/data/train.jsonl] data.eval=[$(ABL)/base/data/eval.jsonl] output_dir=$(ABL)/stability --seeds 0 1 2
 
 lint: install

@@ -91,4 +91,4 @@ def test_make_demo_chains_its_recipes():
     assert rl.rl.keep_best and rl.rl.eval_every_steps and rl.rl.max_steps % rl.rl.eval_every_steps == 0
     assert synth.data.synthetic.n_val > 0 and synth.data.synthetic.teacher_error > 0
     abl = plan("ablation-stability", "-B")
-    assert "sft --recipe recipes/tiny/sft.yaml" in abl and "model.path=out/ablation/base/sft/checkpoints/step-0000500" in abl
+    assert "sft --recipe recipes/tiny/sft.yaml" in abl and "model.path=out/ablation/base/sft/model" in abl
