@@ -650,6 +650,40 @@ def load_config(recipe: str | os.PathLike | None, overrides: list[str] | tuple[s
         raise _format_validation(e, origins, overridden) from None
 
 
+# What a resumed training run must share with the run that wrote its checkpoints: the settings
+# that shape the trajectory. How long it runs, how often it saves and evaluates, and the runtime
+# (logging, progress, device placement) may change between a run and its resume.
+RESUME_SECTIONS = {"sft": ("seed", "model.", "data.train", "data.image_root", "data.prompt", "sft."),
+                   "rl": ("seed", "model.", "data.train", "data.eval", "data.image_root", "data.prompt", "rl.")}
+RESUME_FREE = ("model.gradient_checkpointing", "model.attn_implementation", "sft.max_steps", "sft.save_every_steps",
+               "sft.keep_last", "rl.max_steps", "rl.save_every_steps", "rl.keep_last", "rl.eval_every_steps",
+               "rl.eval_limit")
+
+
+def _flatten(obj, prefix: str = "") -> dict:
+    if isinstance(obj, dict):
+        out: dict = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def run_identity(cfg: Config, command: str) -> dict:
+    """The dotted settings a resume of `command` ("sft" / "rl") must find unchanged in its checkpoint."""
+    flat = _flatten(cfg.model_dump(mode="json"))
+    keep = RESUME_SECTIONS[command]
+    return {k: v for k, v in flat.items()
+            if any(k == p or (p.endswith(".") and k.startswith(p)) for p in keep) and k not in RESUME_FREE}
+
+
+def identity_changes(saved: dict, current: dict) -> list[str]:
+    """`key: saved -> now` for every setting that differs (a key only one side has counts)."""
+    missing = object()
+    return [f"{k}: {saved.get(k, '(unset)')!r} -> {current.get(k, '(unset)')!r}"
+            for k in sorted(set(saved) | set(current)) if saved.get(k, missing) != current.get(k, missing)]
+
+
 def config_to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 

@@ -5,7 +5,7 @@
 Prints a table of held-out accuracy (chosen-first, chosen-second, both-orders mean and
 strict, parse failures) for the untrained, SFT and RL models, the voting summary, and writes
 <demo>/report.md and <demo>/curves.png (SFT loss; RL reward and the RL run's periodic strict accuracy
-on its data.eval — held-out for `make demo`, validation for `make demo-gain`, the kept checkpoint starred).
+on its data.eval — the validation split for `make demo`, whose kept checkpoint (rl.keep_best) is starred).
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def main(demo: Path) -> int:
     a.set_xlabel("SFT step")
     a.set_ylabel("loss (per supervised token)")
     b.plot([r["step"] for r in rl], [r["reward"] for r in rl], label="rollout reward (0..2)")
-    # the RL run's periodic eval is on its data.eval: the held-out set (make demo) or the validation
-    # split it keeps its best checkpoint by (make demo-gain, rl.keep_best)
+    # the RL run's periodic eval is on its data.eval: the validation split it keeps its best
+    # checkpoint by (make demo, rl.keep_best), or a held-out set for a run without keep_best
     best = demo / "rl" / "best" / "best.json"
     ev = [r for r in rl if "eval/both_orders_strict" in r]
     b.plot([r["step"] for r in ev], [r["eval/both_orders_strict"] for r in ev], "o-",

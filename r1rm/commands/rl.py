@@ -29,7 +29,7 @@ import os
 import time
 from pathlib import Path
 
-from r1rm.config import Config, save_config
+from r1rm.config import Config, run_identity, save_config
 from r1rm.errors import ConfigError, DataError
 
 
@@ -122,7 +122,14 @@ def run(cfg: Config) -> dict:
     from r1rm.engines.hf import VISION_PLACEHOLDERS, HFEngine
     from r1rm.models.loading import load_model, load_processor
     from r1rm.runtime.accel import apply_update, gathered_for_generation, make_accelerator, make_optimizer, split_batch
-    from r1rm.runtime.checkpoint import latest_checkpoint, load_checkpoint, recover_best, save_best, save_checkpoint
+    from r1rm.runtime.checkpoint import (
+        check_resumable,
+        latest_checkpoint,
+        load_checkpoint,
+        recover_best,
+        save_best,
+        save_checkpoint,
+    )
     from r1rm.runtime.judges import JudgeStats, consistency_scores
     from r1rm.runtime.metrics_log import MetricsLog
     from r1rm.runtime.modelprep import prepare_for_training, save_hf
@@ -137,6 +144,9 @@ def run(cfg: Config) -> dict:
 
     rc = cfg.rl
     out = Path(cfg.output_dir)
+    identity = run_identity(cfg, "rl")
+    if cfg.runtime.resume:  # another run's checkpoints here: refused before anything is written
+        check_resumable(out, identity)
     if rc.keep_best and not (rc.eval_every_steps and cfg.data.eval):
         raise ConfigError("rl.keep_best needs the periodic eval: rl.eval_every_steps > 0 and a data.eval file",
                           fix="set rl.eval_every_steps and data.eval=[a validation split] (not the test set), or drop rl.keep_best")
@@ -448,11 +458,11 @@ def run(cfg: Config) -> dict:
             bar.update(task, advance=1, description=f"rl reward {metrics['reward']:.3f} acc {metrics['accuracy']:.2f}")
             if step % rc.save_every_steps == 0 and step < total_rollouts:
                 save_checkpoint(acc, model, processor, out, step=step, keep_last=rc.keep_last,
-                                trainer_state={"step": step, "counters": counters, "judge": vars(judge_stats),
+                                trainer_state={"run": identity, "step": step, "counters": counters, "judge": vars(judge_stats),
                                                "last_eval": last_eval, "best": best})
 
     save_checkpoint(acc, model, processor, out, step=step, keep_last=rc.keep_last,
-                    trainer_state={"step": step, "counters": counters, "judge": vars(judge_stats), "last_eval": last_eval,
+                    trainer_state={"run": identity, "step": step, "counters": counters, "judge": vars(judge_stats), "last_eval": last_eval,
                                    "best": best, "final": True})
     state_dict = acc.get_state_dict(model)
     summary = {"steps": step, "processes": acc.num_processes, "algorithm": rc.algorithm, "pre_clip": pre_clip_ratio,

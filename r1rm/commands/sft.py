@@ -30,7 +30,7 @@ import math
 import time
 from pathlib import Path
 
-from r1rm.config import Config, save_config
+from r1rm.config import Config, run_identity, save_config
 from r1rm.errors import DataError
 
 
@@ -52,13 +52,16 @@ def run(cfg: Config) -> dict:
     from r1rm.models.loading import load_model, load_processor
     from r1rm.runtime.accel import apply_update, make_accelerator, make_optimizer, split_batch
     from r1rm.runtime.batches import TooLong, collate, encode_sft
-    from r1rm.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from r1rm.runtime.checkpoint import check_resumable, latest_checkpoint, load_checkpoint, save_checkpoint
     from r1rm.runtime.metrics_log import MetricsLog
     from r1rm.runtime.modelprep import prepare_for_training, save_hf
     from r1rm.runtime.progress import make_progress
 
     sc = cfg.sft
     out = Path(cfg.output_dir)
+    identity = run_identity(cfg, "sft")
+    if cfg.runtime.resume:  # another run's checkpoints here: refused before anything is written
+        check_resumable(out, identity)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accum = split_batch(sc.batch_size, sc.micro_batch_size, world)  # a config mistake stops before any reading
     items = read_items(cfg.data.train, image_root=cfg.data.image_root, target_field=sc.target_field)
@@ -184,12 +187,12 @@ def run(cfg: Config) -> dict:
             bar.update(task, advance=1, description=f"sft loss {loss_all:.4f} lr {lr:.2e} {tokens_all / dt:,.0f} tok/s")
             if step % sc.save_every_steps == 0 and step < total_steps:
                 save_checkpoint(acc, model, processor, out, step=step, keep_last=sc.keep_last,
-                                trainer_state={"step": step, "epoch": epoch, "batch_in_epoch": b + 1, "counters": counters,
+                                trainer_state={"run": identity, "step": step, "epoch": epoch, "batch_in_epoch": b + 1, "counters": counters,
                                                "tokens_seen": tokens_seen, "last_loss": last_loss})
 
     # ---- final model
     save_checkpoint(acc, model, processor, out, step=step, keep_last=sc.keep_last,
-                    trainer_state={"step": step, "counters": counters, "tokens_seen": tokens_seen, "last_loss": last_loss,
+                    trainer_state={"run": identity, "step": step, "counters": counters, "tokens_seen": tokens_seen, "last_loss": last_loss,
                                    "final": True})
     state_dict = acc.get_state_dict(model)
     summary = {"steps": step, "final_loss": last_loss, "samples": len(items), "processes": acc.num_processes,

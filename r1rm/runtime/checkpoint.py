@@ -86,6 +86,28 @@ def save_checkpoint(accelerator, model, processor, out_dir: str | os.PathLike, *
     return final
 
 
+def check_resumable(out_dir: str | os.PathLike, identity: dict) -> Path | None:
+    """The checkpoint a run would resume from, after checking it was written by a run with the same
+    settings (`identity`, config.run_identity): resuming another run's checkpoint — a reused
+    output_dir after the data or the recipe changed — would silently continue the wrong run.
+    Checkpoints written before the identity was recorded resume as before."""
+    from r1rm.config import identity_changes
+    from r1rm.errors import ConfigError
+
+    ckpt = latest_checkpoint(out_dir)
+    if ckpt is None:
+        return None
+    saved = json.loads((ckpt / STATE).read_text()).get("run")
+    changes = identity_changes(saved, identity) if saved is not None else []
+    if changes:
+        shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+        raise ConfigError(f"{out_dir} holds checkpoints of a run with other settings, which this run would resume: {shown}",
+                          where=str(ckpt / STATE),
+                          fix="use a new output_dir, delete this one to start over, or run with the settings "
+                              "the checkpoints were written with")
+    return ckpt
+
+
 def load_checkpoint(accelerator, ckpt: Path) -> dict:
     """Restore optimizer, scheduler, model and RNG states; return the trainer state."""
     accelerator.load_state(str(ckpt / "state"))

@@ -1,0 +1,31 @@
+"""What a resumed training run must share with the run that wrote its checkpoints."""
+
+from pathlib import Path
+
+from r1rm.config import identity_changes, load_config, run_identity
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_identity_holds_the_trajectory_settings_not_the_free_ones():
+    cfg = load_config(ROOT / "recipes/tiny/rl_demo.yaml")
+    rl = run_identity(cfg, "rl")
+    assert rl["rl.lr"] == 1e-4 and rl["model.path"] == "out/demo/sft/model" and rl["seed"] == cfg.seed
+    assert rl["data.train"] == ["out/demo/build"] and rl["data.eval"] == ["out/demo/data/val.jsonl"]
+    for free in ("rl.max_steps", "rl.eval_every_steps", "rl.save_every_steps", "rl.keep_last", "output_dir",
+                 "runtime.progress", "model.gradient_checkpointing"):
+        assert free not in rl
+    assert not any(k.startswith(("sft.", "eval.", "build.", "data.synthetic.")) for k in rl)
+    sft = run_identity(load_config(ROOT / "recipes/tiny/sft_demo.yaml"), "sft")
+    assert sft["sft.lr"] == 3e-3 and "data.eval" not in sft and not any(k.startswith("rl.") for k in sft)
+
+
+def test_changes_name_each_setting_with_both_values():
+    cfg = load_config(ROOT / "recipes/tiny/rl_demo.yaml")
+    saved = run_identity(cfg, "rl")
+    assert identity_changes(saved, saved) == []
+    longer = run_identity(load_config(ROOT / "recipes/tiny/rl_demo.yaml", ["rl.max_steps=40", "runtime.progress=false"]), "rl")
+    assert identity_changes(saved, longer) == []
+    other = run_identity(load_config(ROOT / "recipes/tiny/rl_demo.yaml", ["rl.lr=1e-5", "data.train=[x.jsonl]"]), "rl")
+    assert identity_changes(saved, other) == ["data.train: ['out/demo/build'] -> ['x.jsonl']", "rl.lr: 0.0001 -> 1e-05"]
+    assert identity_changes({"rl.new_option": 1}, {}) == ["rl.new_option: 1 -> '(unset)'"]
