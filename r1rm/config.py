@@ -669,19 +669,22 @@ def _flatten(obj, prefix: str = "") -> dict:
     return {prefix[:-1]: obj}
 
 
-def run_identity(cfg: Config, command: str) -> dict:
-    """The dotted settings a resume of `command` ("sft" / "rl") must find unchanged in its checkpoint."""
-    flat = _flatten(cfg.model_dump(mode="json"))
+def identity_of(dump: dict, command: str) -> dict:
+    """The dotted settings of a config dump (`model_dump(mode="json")` or a run's config.yaml) that a
+    resume of `command` ("sft" / "rl") must find unchanged."""
     keep = RESUME_SECTIONS[command]
-    return {k: v for k, v in flat.items()
+    return {k: v for k, v in _flatten(dump).items()
             if any(k == p or (p.endswith(".") and k.startswith(p)) for p in keep) and k not in RESUME_FREE}
 
 
+def run_identity(cfg: Config, command: str) -> dict:
+    return identity_of(cfg.model_dump(mode="json"), command)
+
+
 def identity_changes(saved: dict, current: dict) -> list[str]:
-    """`key: saved -> now` for every setting that differs (a key only one side has counts)."""
-    missing = object()
-    return [f"{k}: {saved.get(k, '(unset)')!r} -> {current.get(k, '(unset)')!r}"
-            for k in sorted(set(saved) | set(current)) if saved.get(k, missing) != current.get(k, missing)]
+    """`key: saved -> now` for every setting both record with different values (a key only one
+    side has is a schema difference between r1rm versions, not a change of the run)."""
+    return [f"{k}: {saved[k]!r} -> {current[k]!r}" for k in sorted(set(saved) & set(current)) if saved[k] != current[k]]
 
 
 def config_to_yaml(cfg: Config) -> str:

@@ -117,7 +117,7 @@ def run(cfg: Config) -> dict:
     from r1rm.core.schedules import lr_multiplier
     from r1rm.data.chat import record_messages
     from r1rm.data.media import fit_visuals
-    from r1rm.data.training_sets import epoch_order, read_items
+    from r1rm.data.training_sets import data_fingerprint, epoch_order, read_items
     from r1rm.engines.base import Request, SamplingParams
     from r1rm.engines.hf import VISION_PLACEHOLDERS, HFEngine
     from r1rm.models.loading import load_model, load_processor
@@ -144,9 +144,9 @@ def run(cfg: Config) -> dict:
 
     rc = cfg.rl
     out = Path(cfg.output_dir)
-    identity = run_identity(cfg, "rl")
+    identity = {**run_identity(cfg, "rl"), "data.train.sha256": data_fingerprint(cfg.data.train)}
     if cfg.runtime.resume:  # another run's checkpoints here: refused before anything is written
-        check_resumable(out, identity)
+        check_resumable(out, identity, "rl")
     if rc.keep_best and not (rc.eval_every_steps and cfg.data.eval):
         raise ConfigError("rl.keep_best needs the periodic eval: rl.eval_every_steps > 0 and a data.eval file",
                           fix="set rl.eval_every_steps and data.eval=[a validation split] (not the test set), or drop rl.keep_best")

@@ -48,7 +48,7 @@ def run(cfg: Config) -> dict:
     from r1rm.core.schedules import lr_multiplier
     from r1rm.core.sft_loss import logits_window, token_ce_sum
     from r1rm.data.chat import record_messages
-    from r1rm.data.training_sets import epoch_order, read_items
+    from r1rm.data.training_sets import data_fingerprint, epoch_order, read_items
     from r1rm.models.loading import load_model, load_processor
     from r1rm.runtime.accel import apply_update, make_accelerator, make_optimizer, split_batch
     from r1rm.runtime.batches import TooLong, collate, encode_sft
@@ -59,9 +59,9 @@ def run(cfg: Config) -> dict:
 
     sc = cfg.sft
     out = Path(cfg.output_dir)
-    identity = run_identity(cfg, "sft")
+    identity = {**run_identity(cfg, "sft"), "data.train.sha256": data_fingerprint(cfg.data.train)}
     if cfg.runtime.resume:  # another run's checkpoints here: refused before anything is written
-        check_resumable(out, identity)
+        check_resumable(out, identity, "sft")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accum = split_batch(sc.batch_size, sc.micro_batch_size, world)  # a config mistake stops before any reading
     items = read_items(cfg.data.train, image_root=cfg.data.image_root, target_field=sc.target_field)

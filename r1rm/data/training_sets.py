@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from r1rm.data.chat import default_image_root
-from r1rm.data.records import Record, read_numbered_records
+from r1rm.data.records import Record, dataset_files, read_numbered_records
 from r1rm.errors import ConfigError, DataError, InputFileError
 
 
@@ -22,20 +21,31 @@ class Item:
 
 
 def data_files(paths: list[str]) -> list[Path]:
-    """Expand each path: a JSONL file, or a folder with a build-data `manifest.json` listing its files."""
+    """Expand each path: a JSONL file, or a build-data output folder (the shards its manifest lists)."""
     out = []
     for p in map(Path, paths):
-        if p.is_dir():
-            manifest = p / "manifest.json"
-            if not manifest.is_file():
-                raise InputFileError(f"'{p}' is a folder without manifest.json", fix="point to a JSONL file or a build-data output folder")
-            files = json.loads(manifest.read_text()).get("files") or []
-            out += [p / f for f in files]
-        elif p.is_file():
-            out.append(p)
-        else:
+        if not p.exists():
             raise InputFileError(f"training data not found: '{p}'", fix="check data.train")
+        out += dataset_files(p)
     return out
+
+
+def data_fingerprint(paths: list[str]) -> str | None:
+    """sha256 over the bytes of every data file behind `paths`, in order (None when one is
+    missing: reading it reports that). A resumed run checks it: same path, other data = other run."""
+    import hashlib
+
+    try:
+        files = data_files(paths)
+    except InputFileError:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def read_items(paths: list[str], *, image_root: str | None, target_field: str | None) -> list[Item]:

@@ -86,23 +86,31 @@ def save_checkpoint(accelerator, model, processor, out_dir: str | os.PathLike, *
     return final
 
 
-def check_resumable(out_dir: str | os.PathLike, identity: dict) -> Path | None:
+def check_resumable(out_dir: str | os.PathLike, identity: dict, command: str) -> Path | None:
     """The checkpoint a run would resume from, after checking it was written by a run with the same
     settings (`identity`, config.run_identity): resuming another run's checkpoint — a reused
     output_dir after the data or the recipe changed — would silently continue the wrong run.
-    Checkpoints written before the identity was recorded resume as before."""
-    from r1rm.config import identity_changes
+    Checkpoints written before the settings were recorded are compared with the run's
+    config.yaml (written when it started)."""
+    import yaml
+
+    from r1rm.config import identity_changes, identity_of
     from r1rm.errors import ConfigError
 
     ckpt = latest_checkpoint(out_dir)
     if ckpt is None:
         return None
     saved = json.loads((ckpt / STATE).read_text()).get("run")
+    where = ckpt / STATE
+    if saved is None and (Path(out_dir) / "config.yaml").is_file():
+        where = Path(out_dir) / "config.yaml"
+        dump = yaml.safe_load(where.read_text(encoding="utf-8"))
+        saved = identity_of(dump, command) if isinstance(dump, dict) else None
     changes = identity_changes(saved, identity) if saved is not None else []
     if changes:
         shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
-        raise ConfigError(f"{out_dir} holds checkpoints of a run with other settings, which this run would resume: {shown}",
-                          where=str(ckpt / STATE),
+        raise ConfigError(f"{out_dir} holds checkpoints of a run with other settings, which this run would resume "
+                          f"({ckpt.name}): {shown}", where=str(where),
                           fix="use a new output_dir, delete this one to start over, or run with the settings "
                               "the checkpoints were written with")
     return ckpt

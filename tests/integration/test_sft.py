@@ -188,24 +188,44 @@ def test_two_process_deepspeed_sft(tiny, data, tmp_path, stage):
 
 
 def test_resume_refuses_another_runs_checkpoints(cli, tiny, data, tmp_path):
-    """A reused output_dir whose checkpoints another recipe wrote (other data, other lr) is refused
-    with exit 2 before anything is written — resuming would silently continue the wrong run — while
-    the same run, only longer, resumes from its checkpoint."""
+    """A reused output_dir whose checkpoints another run wrote (other data, other lr, or other
+    bytes under the same data path) is refused with exit 2 before anything is written — resuming
+    would silently continue the wrong run — while the same run, only longer, resumes."""
     out = tmp_path / "r"
+    mine = Path(data).parent / f"mine-{tmp_path.name}.jsonl"  # beside the fixture's images
+    mine.write_bytes(Path(data).read_bytes())
     base = ("sft.batch_size=4", "sft.micro_batch_size=2", "sft.save_every_steps=100")
-    assert cli(*args(tiny, data, out, "sft.max_steps=2", *base)).returncode == 0
-    before = {p: p.read_bytes() for p in [out / "config.yaml", out / "metrics.jsonl", out / "summary.json"]}
-    other = tmp_path / "other.jsonl"
-    other.write_text(Path(data).read_text())
-    proc = cli(*args(tiny, other, out, "sft.max_steps=2", "sft.lr=1e-4", *base))
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    msg = " ".join(proc.stderr.split())
-    assert "holds checkpoints of a run with other settings" in msg and "sft.lr: 0.003 -> 0.0001" in msg
-    assert "data.train" in msg and "step-0000002/trainer_state.json" in msg and "new output_dir" in msg
-    assert {p: p.read_bytes() for p in before} == before  # nothing overwritten
-    # the same run, longer: resumes at step 2 and logs steps 3-4 only
-    proc = cli(*args(tiny, data, out, "sft.max_steps=4", *base))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert sorted(losses(out)) == [1, 2, 3, 4]
-    state = json.loads((out / "checkpoints" / "step-0000004" / "trainer_state.json").read_text())
-    assert state["run"]["sft.lr"] == 3e-3 and "sft.max_steps" not in state["run"]
+    try:
+        assert cli(*args(tiny, mine, out, "sft.max_steps=2", *base)).returncode == 0
+        before = {p: p.read_bytes() for p in [out / "config.yaml", out / "metrics.jsonl", out / "summary.json"]}
+
+        def refused(*extra: str) -> str:
+            proc = cli(*args(tiny, *extra))
+            assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+            assert {p: p.read_bytes() for p in before} == before  # nothing overwritten
+            msg = " ".join(proc.stderr.split())
+            assert "holds checkpoints of a run with other settings" in msg and "new output_dir" in msg
+            return msg
+
+        msg = refused(data, out, "sft.max_steps=2", "sft.lr=1e-4", *base)
+        assert "sft.lr: 0.003 -> 0.0001" in msg and "data.train:" in msg and "step-0000002/trainer_state.json" in msg
+        # the same path with other contents (data regenerated in place)
+        mine.write_bytes(b"".join(Path(data).read_bytes().splitlines(keepends=True)[:-1]))
+        assert "data.train.sha256" in refused(mine, out, "sft.max_steps=2", *base)
+        mine.write_bytes(Path(data).read_bytes())
+        # a checkpoint from before the settings were recorded: compared with the run's config.yaml
+        st = out / "checkpoints" / "step-0000002" / "trainer_state.json"
+        recorded = st.read_text()
+        st.write_text(json.dumps({k: v for k, v in json.loads(recorded).items() if k != "run"}))
+        msg = refused(mine, out, "sft.max_steps=2", "sft.lr=1e-4", *base)
+        assert "sft.lr: 0.003 -> 0.0001" in msg and "config.yaml" in msg
+        st.write_text(recorded)
+        # the same run, longer: resumes at step 2 and logs steps 3-4 only
+        proc = cli(*args(tiny, mine, out, "sft.max_steps=4", *base))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert sorted(losses(out)) == [1, 2, 3, 4]
+        state = json.loads((out / "checkpoints" / "step-0000004" / "trainer_state.json").read_text())
+        assert state["run"]["sft.lr"] == 3e-3 and "sft.max_steps" not in state["run"]
+        assert len(state["run"]["data.train.sha256"]) == 64
+    finally:
+        mine.unlink(missing_ok=True)
