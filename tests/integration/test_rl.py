@@ -155,6 +155,11 @@ def test_kill_and_resume_gives_the_same_run(cli, tiny, data, tmp_path):
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == names, why
     for n in names:
         assert_same_weights(full / "checkpoints" / n, killed / "checkpoints" / n, why)
+    # the finished run's folder reused with another lr: refused, nothing of it overwritten
+    before = (full / "config.yaml").read_bytes()
+    proc = cli(*args(tiny, data, full, *extra, "rl.lr=1e-3"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "rl.lr:" in proc.stderr and "other settings" in proc.stderr and (full / "config.yaml").read_bytes() == before
 
 
 def test_both_orders_rolls_out_each_item_twice_label_balanced(cli, tiny, data, tmp_path):
