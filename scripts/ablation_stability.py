@@ -80,9 +80,10 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
 
 
 def collapsed(s: dict) -> bool:
-    """A run that ended writing unparseable verdicts: over half the held-out answers unreadable."""
+    """A run that ended writing unparseable verdicts: over half its last rollouts (sampled) or over
+    half the held-out answers (greedy) unreadable."""
     pf = s.get("heldout_parse_fail_rate")
-    return pf is not None and pf > 0.5
+    return (pf is not None and pf > 0.5) or s["final_parse_fail_rate"] > 0.5
 
 
 def aggregate(per_seed: dict[int, dict]) -> dict:
@@ -102,6 +103,8 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
         "ratio_max_worst": max(r["ratio_max"] for r in runs),
         "loss_token_max_worst": max(r["loss_token_max"] for r in runs),
         "grad_norm_max_worst": max(r["grad_norm_max"] for r in runs),
+        "heldout_strict_runs": " / ".join(f"{r['heldout_strict']:.2f}" if r.get("heldout_strict") is not None else "-"
+                                          for r in runs),
         "heldout_strict_median": med("heldout_strict"),
         "heldout_mean_median": med("heldout_mean"),
         "heldout_parse_fail_median": med("heldout_parse_fail_rate"),
