@@ -51,18 +51,24 @@ def main(demo: Path) -> int:
     a.set_yscale("log")
     a.set_xlabel("SFT step")
     a.set_ylabel("loss (per supervised token)")
-    b.plot([r["step"] for r in rl], [r["reward"] for r in rl], label="rollout reward (0..2)")
+    b.plot([r["step"] for r in rl], [r["reward"] / 2 for r in rl], label="rollout reward / 2")
     # the RL run's periodic eval is on its data.eval: the validation split it keeps its best
     # checkpoint by (make demo, rl.keep_best), or a held-out set for a run without keep_best
     best = demo / "rl" / "best" / "best.json"
     ev = [r for r in rl if "eval/both_orders_strict" in r]
     b.plot([r["step"] for r in ev], [r["eval/both_orders_strict"] for r in ev], "o-",
            label=("validation" if best.is_file() else "held-out") + " strict accuracy")
+    kept = json.loads(best.read_text())["step"] if best.is_file() else (rl[-1]["step"] if rl else 0)
     if best.is_file():
         rec = json.loads(best.read_text())
         b.plot([rec["step"]], [rec["value"]], "*", markersize=12, label=f"kept (rl.keep_best): step {rec['step']}")
+    # the held-out score RL starts from (the SFT model, step 0) and ends with (the scored RL model)
+    held = [json.loads((demo / sub / "metrics.json").read_text())["accuracy"]["both_orders_strict"]["overall"]
+            for sub in ("eval_sft", "eval_rl")]
+    b.plot([0, kept], held, "s--", color="grey", label="held-out strict: SFT → RL")
+    b.set_ylim(0, 1.05)
     b.set_xlabel("RL step")
-    b.legend(fontsize=8)
+    b.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(demo / "curves.png", dpi=120)
     print(f"wrote {demo / 'report.md'} and {demo / 'curves.png'}")
