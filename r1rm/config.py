@@ -654,7 +654,12 @@ def load_config(recipe: str | os.PathLike | None, overrides: list[str] | tuple[s
 # that shape the trajectory. How long it runs, how often it saves and evaluates, and the runtime
 # (logging, progress, device placement) may change between a run and its resume.
 RESUME_SECTIONS = {"sft": ("seed", "model.", "data.train", "data.image_root", "data.prompt", "sft."),
-                   "rl": ("seed", "model.", "data.train", "data.eval", "data.image_root", "data.prompt", "rl.")}
+                   "rl": ("seed", "model.", "data.train", "data.eval", "data.image_root", "data.prompt", "rl."),
+                   # eval: what decides the generations already written (the model, its inputs, the sampling)
+                   "eval": ("seed", "model.path", "model.dtype", "model.min_pixels", "model.max_pixels",
+                            "model.video_max_frames", "data.prompt", "generation.", "engine.kind", "engine.model_name",
+                            "engine.base_url", "eval.benchmark", "eval.path", "eval.k", "eval.temperature",
+                            "eval.answer_fallback")}
 RESUME_FREE = ("model.gradient_checkpointing", "model.attn_implementation", "sft.max_steps", "sft.save_every_steps",
                "sft.keep_last", "rl.max_steps", "rl.save_every_steps", "rl.keep_last", "rl.eval_every_steps",
                "rl.eval_limit")

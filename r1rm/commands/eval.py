@@ -153,6 +153,14 @@ def run(cfg: Config, *, from_generations: str | os.PathLike | None = None) -> di
     from r1rm.core.metrics import compute_metrics
 
     out = Path(cfg.output_dir)
+    if from_generations is None:  # generations already here must be this eval's (before anything is written)
+        from r1rm.config import identity_of
+        from r1rm.data.training_sets import data_fingerprint
+        from r1rm.runtime.checkpoint import check_same_eval, model_stamp, write_json_atomic
+
+        identity = {**identity_of(cfg.model_dump(mode="json"), "eval"), "model.stamp": model_stamp(cfg.model.path),
+                    "eval.data.sha256": data_fingerprint([eval_path(cfg)])}
+        check_same_eval(out, identity, [out / GENERATIONS, *out.glob("generations.rank*.jsonl")])
     save_config(cfg)
     if from_generations is not None:
         metrics = compute_metrics(read_generations(from_generations), benchmark=cfg.eval.benchmark)
@@ -180,6 +188,8 @@ def run(cfg: Config, *, from_generations: str | os.PathLike | None = None) -> di
     state = process_state(cfg.runtime.device)
     rank, world = state.process_index, state.num_processes
     gen_path = out / (GENERATIONS if world == 1 else f"generations.rank{rank}.jsonl")
+    if state.is_main_process:
+        write_json_atomic(out / "run.json", identity)
     writer = JsonlAppender(gen_path, key="key")
     k = cfg.eval.k
     todo = []

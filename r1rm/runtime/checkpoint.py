@@ -45,7 +45,7 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     return dirs[-1] if dirs else None
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
+def write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
@@ -76,7 +76,7 @@ def save_checkpoint(accelerator, model, processor, out_dir: str | os.PathLike, *
     accelerator.save_state(str(tmp / "state"))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_json_atomic(tmp / STATE, trainer_state)
+        write_json_atomic(tmp / STATE, trainer_state)
         if final.exists():  # a rerun saving the same step again (e.g. resumed from its final checkpoint)
             _remove_dir(final)
         os.replace(tmp, final)
@@ -116,6 +116,35 @@ def check_resumable(out_dir: str | os.PathLike, identity: dict, command: str) ->
     return ckpt
 
 
+def model_stamp(path: str) -> str:
+    """Names, sizes and modification times of a local model folder's weight and config files,
+    hashed: changes when the weights under the same path are rewritten (a new best/, a retrained
+    model), without reading gigabytes. A hub id or endpoint model name stamps as itself."""
+    import hashlib
+
+    p = Path(path)
+    if not p.is_dir():
+        return str(path)
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in {".safetensors", ".bin", ".pt", ".json"})
+    return hashlib.sha256("\n".join(f"{f.name} {f.stat().st_size} {f.stat().st_mtime_ns}" for f in files).encode()).hexdigest()
+
+
+def check_same_eval(out_dir: Path, identity: dict, generations: list[Path]) -> None:
+    """An eval folder already holding generations resumes only the same eval (`run.json`): the same
+    model weights, inputs and sampling — else its rows would be counted for another model."""
+    from r1rm.config import identity_changes
+    from r1rm.errors import ConfigError
+
+    record = out_dir / "run.json"
+    if not record.is_file() or not any(g.is_file() and g.stat().st_size for g in generations):
+        return
+    changes = identity_changes(json.loads(record.read_text()), identity)
+    if changes:
+        shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+        raise ConfigError(f"{out_dir} holds generations of another eval, which this run would resume: {shown}",
+                          where=str(record), fix=f"use a new output_dir, or delete {out_dir} to evaluate again")
+
+
 def load_checkpoint(accelerator, ckpt: Path) -> dict:
     """Restore optimizer, scheduler, model and RNG states; return the trainer state."""
     accelerator.load_state(str(ckpt / "state"))
@@ -145,7 +174,7 @@ def save_best(accelerator, model, processor, out_dir: str | os.PathLike, *, reco
     if accelerator.is_main_process:
         recover_best(out)
         save_hf(accelerator.unwrap_model(model), processor, tmp, state_dict=state_dict)
-        _write_json_atomic(tmp / BEST_RECORD, record)  # last: marks the new one complete
+        write_json_atomic(tmp / BEST_RECORD, record)  # last: marks the new one complete
         if best.exists():
             os.replace(best, old)
         os.replace(tmp, best)

@@ -64,6 +64,37 @@ def test_eval_resumes_without_duplicates(cli, tiny, data, tmp_path):
     assert m_full["accuracy"] == m_part["accuracy"]
 
 
+def test_eval_refuses_to_resume_another_models_generations(cli, tiny, data, tmp_path):
+    """Generations already in output_dir count only for the eval that wrote them: another model,
+    the same path with rewritten weights (a new best/), or other sampling stops with exit 2
+    before anything is written; the same eval again resumes (nothing to generate)."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny, model)
+    out = tmp_path / "e"
+    assert cli("eval", *common(model, out), f"eval.path={data}").returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert json.loads(before["run.json"])["model.path"] == str(model)
+
+    def refused(*extra: str) -> str:
+        proc = cli("eval", *common(model, out), f"eval.path={data}", *extra)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+        msg = " ".join(proc.stderr.split())
+        assert "holds generations of another eval" in msg and "run.json" in msg
+        return msg
+
+    assert f"model.path: '{model}' -> '{tiny}'" in refused(f"model.path={tiny}")
+    assert "generation.max_new_tokens: 6 -> 8" in refused("generation.max_new_tokens=8")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # rewritten in place: same path, new file
+    assert "model.stamp" in refused()
+    fresh = tmp_path / "e2"
+    assert cli("eval", *common(model, fresh), f"eval.path={data}").returncode == 0
+    again = cli("eval", *common(model, fresh), f"eval.path={data}", "engine.batch_size=2")  # a free setting
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(rows_of(fresh / "generations.jsonl")) == 12
+
+
 def test_eval_k_samples_then_vote(cli, tiny, data, tmp_path):
     out = tmp_path / "k"
     proc = cli("eval", *common(tiny, out), f"eval.path={data}", "eval.k=3", "eval.orders=[chosen_first]")
