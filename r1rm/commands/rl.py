@@ -146,7 +146,7 @@ def run(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     identity = {**run_identity(cfg, "rl"), "data.train.sha256": data_fingerprint(cfg.data.train)}
     if cfg.runtime.resume:  # another run's checkpoints here: refused before anything is written
-        check_resumable(out, identity, "rl")
+        check_resumable(out, identity, "rl", cfg.data.train)
     if rc.keep_best and not (rc.eval_every_steps and cfg.data.eval):
         raise ConfigError("rl.keep_best needs the periodic eval: rl.eval_every_steps > 0 and a data.eval file",
                           fix="set rl.eval_every_steps and data.eval=[a validation split] (not the test set), or drop rl.keep_best")

@@ -61,7 +61,7 @@ def run(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     identity = {**run_identity(cfg, "sft"), "data.train.sha256": data_fingerprint(cfg.data.train)}
     if cfg.runtime.resume:  # another run's checkpoints here: refused before anything is written
-        check_resumable(out, identity, "sft")
+        check_resumable(out, identity, "sft", cfg.data.train)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accum = split_batch(sc.batch_size, sc.micro_batch_size, world)  # a config mistake stops before any reading
     items = read_items(cfg.data.train, image_root=cfg.data.image_root, target_field=sc.target_field)

@@ -86,12 +86,13 @@ def save_checkpoint(accelerator, model, processor, out_dir: str | os.PathLike, *
     return final
 
 
-def check_resumable(out_dir: str | os.PathLike, identity: dict, command: str) -> Path | None:
+def check_resumable(out_dir: str | os.PathLike, identity: dict, command: str,
+                    data_paths: list[str] = ()) -> Path | None:
     """The checkpoint a run would resume from, after checking it was written by a run with the same
     settings (`identity`, config.run_identity): resuming another run's checkpoint — a reused
     output_dir after the data or the recipe changed — would silently continue the wrong run.
     Checkpoints written before the settings were recorded are compared with the run's
-    config.yaml (written when it started)."""
+    config.yaml (written when it started), and refused when a data file is newer than them."""
     import yaml
 
     from r1rm.config import identity_changes, identity_of
@@ -106,6 +107,17 @@ def check_resumable(out_dir: str | os.PathLike, identity: dict, command: str) ->
         where = Path(out_dir) / "config.yaml"
         dump = yaml.safe_load(where.read_text(encoding="utf-8"))
         saved = identity_of(dump, command) if isinstance(dump, dict) else None
+        from r1rm.data.training_sets import data_files
+        from r1rm.errors import R1RMError
+
+        try:
+            newer = [str(f) for f in data_files(list(data_paths)) if f.stat().st_mtime > (ckpt / STATE).stat().st_mtime]
+        except (R1RMError, OSError):
+            newer = []
+        if newer:
+            raise ConfigError(f"{out_dir} holds checkpoints ({ckpt.name}) written before the training data was "
+                              f"rewritten ({', '.join(newer[:3])}), which this run would resume",
+                              where=str(ckpt / STATE), fix="use a new output_dir, or delete this one to start over")
     changes = identity_changes(saved, identity) if saved is not None else []
     if changes:
         shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -204,11 +205,12 @@ def test_resume_refuses_another_runs_checkpoints(cli, tiny, data, tmp_path):
             assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
             assert {p: p.read_bytes() for p in before} == before  # nothing overwritten
             msg = " ".join(proc.stderr.split())
-            assert "holds checkpoints of a run with other settings" in msg and "new output_dir" in msg
+            assert "which this run would resume" in msg and "new output_dir" in msg
             return msg
 
         msg = refused(data, out, "sft.max_steps=2", "sft.lr=1e-4", *base)
-        assert "sft.lr: 0.003 -> 0.0001" in msg and "data.train:" in msg and "step-0000002/trainer_state.json" in msg
+        assert "holds checkpoints of a run with other settings" in msg and "sft.lr: 0.003 -> 0.0001" in msg
+        assert "data.train:" in msg and "step-0000002/trainer_state.json" in msg
         # the same path with other contents (data regenerated in place)
         mine.write_bytes(b"".join(Path(data).read_bytes().splitlines(keepends=True)[:-1]))
         assert "data.train.sha256" in refused(mine, out, "sft.max_steps=2", *base)
@@ -219,6 +221,10 @@ def test_resume_refuses_another_runs_checkpoints(cli, tiny, data, tmp_path):
         st.write_text(json.dumps({k: v for k, v in json.loads(recorded).items() if k != "run"}))
         msg = refused(mine, out, "sft.max_steps=2", "sft.lr=1e-4", *base)
         assert "sft.lr: 0.003 -> 0.0001" in msg and "config.yaml" in msg
+        # ... and its data rewritten after it (same path, same settings)
+        time.sleep(0.05)
+        mine.write_bytes(Path(data).read_bytes())
+        assert "written before the training data was rewritten" in refused(mine, out, "sft.max_steps=2", *base)
         st.write_text(recorded)
         # the same run, longer: resumes at step 2 and logs steps 3-4 only
         proc = cli(*args(tiny, mine, out, "sft.max_steps=4", *base))
