@@ -32,19 +32,21 @@ def data_files(paths: list[str]) -> list[Path]:
 
 def data_fingerprint(paths: list[str]) -> str | None:
     """sha256 over the bytes of every data file behind `paths`, in order (None when one is
-    missing: reading it reports that). A resumed run checks it: same path, other data = other run."""
+    missing or unreadable: reading it reports that). A resumed run checks it: same path, other
+    data = other run."""
     import hashlib
 
-    try:
-        files = data_files(paths)
-    except InputFileError:
-        return None
+    from r1rm.errors import R1RMError
+
     h = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
+    try:
+        for f in data_files(paths):
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            h.update(b"\0")
+    except (R1RMError, OSError):
+        return None
     return h.hexdigest()
 
 

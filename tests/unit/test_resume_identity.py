@@ -30,3 +30,22 @@ def test_changes_name_each_setting_with_both_values():
     assert identity_changes(saved, other) == ["data.train: ['out/demo/build'] -> ['x.jsonl']", "rl.lr: 0.0001 -> 1e-05"]
     # a key only one side records: another r1rm version's schema, not a change of the run
     assert identity_changes({**saved, "rl.new_option": 1}, saved) == []
+
+
+def test_data_fingerprint_follows_the_bytes(tmp_path):
+    from r1rm.data.training_sets import data_fingerprint
+
+    a = tmp_path / "a.jsonl"
+    a.write_text('{"x": 1}\n')
+    first = data_fingerprint([str(a)])
+    assert len(first) == 64 and data_fingerprint([str(a)]) == first
+    a.write_text('{"x": 2}\n')
+    assert data_fingerprint([str(a)]) != first
+    # a build-data folder: its manifest's shards; one missing, or no such path: None (the read reports it)
+    d = tmp_path / "built"
+    d.mkdir()
+    (d / "data-00000.jsonl").write_text('{"x": 2}\n')
+    (d / "manifest.json").write_text('{"files": ["data-00000.jsonl"]}')
+    assert data_fingerprint([str(d)]) == data_fingerprint([str(a)])
+    (d / "manifest.json").write_text('{"files": ["data-00000.jsonl", "data-00001.jsonl"]}')
+    assert data_fingerprint([str(d)]) is None and data_fingerprint([str(tmp_path / "nope.jsonl")]) is None
