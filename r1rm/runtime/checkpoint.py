@@ -86,6 +86,10 @@ def save_checkpoint(accelerator, model, processor, out_dir: str | os.PathLike, *
     return final
 
 
+def _listed(changes: list[str], most: int = 6) -> str:
+    return "; ".join(changes[:most]) + (f"; and {len(changes) - most} more" if len(changes) > most else "")
+
+
 def check_resumable(out_dir: str | os.PathLike, identity: dict, command: str,
                     data_paths: list[str] = ()) -> Path | None:
     """The checkpoint a run would resume from, after checking it was written by a run with the same
@@ -120,9 +124,8 @@ def check_resumable(out_dir: str | os.PathLike, identity: dict, command: str,
                               where=str(ckpt / STATE), fix="use a new output_dir, or delete this one to start over")
     changes = identity_changes(saved, identity) if saved is not None else []
     if changes:
-        shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
         raise ConfigError(f"{out_dir} holds checkpoints of a run with other settings, which this run would resume "
-                          f"({ckpt.name}): {shown}", where=str(where),
+                          f"({ckpt.name}): {_listed(changes)}", where=str(where),
                           fix="use a new output_dir, delete this one to start over, or run with the settings "
                               "the checkpoints were written with")
     return ckpt
@@ -152,8 +155,7 @@ def check_same_eval(out_dir: Path, identity: dict, generations: list[Path]) -> N
         return
     changes = identity_changes(json.loads(record.read_text()), identity)
     if changes:
-        shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
-        raise ConfigError(f"{out_dir} holds generations of another eval, which this run would resume: {shown}",
+        raise ConfigError(f"{out_dir} holds generations of another eval, which this run would resume: {_listed(changes)}",
                           where=str(record), fix=f"use a new output_dir, or delete {out_dir} to evaluate again")
 
 
