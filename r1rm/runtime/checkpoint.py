@@ -153,7 +153,12 @@ def check_same_eval(out_dir: Path, identity: dict, generations: list[Path]) -> N
     record = out_dir / "run.json"
     if not record.is_file() or not any(g.is_file() and g.stat().st_size for g in generations):
         return
-    changes = identity_changes(json.loads(record.read_text()), identity)
+    try:
+        saved = json.loads(record.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{record} is not a run record ({e})", where=str(record),
+                          fix=f"delete {out_dir} to evaluate again, or use a new output_dir") from None
+    changes = identity_changes(saved, identity)
     if changes:
         raise ConfigError(f"{out_dir} holds generations of another eval, which this run would resume: {_listed(changes)}",
                           where=str(record), fix=f"use a new output_dir, or delete {out_dir} to evaluate again")

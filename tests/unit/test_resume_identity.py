@@ -49,3 +49,18 @@ def test_data_fingerprint_follows_the_bytes(tmp_path):
     assert data_fingerprint([str(d)]) == data_fingerprint([str(a)])
     (d / "manifest.json").write_text('{"files": ["data-00000.jsonl", "data-00001.jsonl"]}')
     assert data_fingerprint([str(d)]) is None and data_fingerprint([str(tmp_path / "nope.jsonl")]) is None
+
+
+def test_a_corrupt_eval_record_is_a_clear_error(tmp_path):
+    import pytest
+
+    from r1rm.errors import ConfigError
+    from r1rm.runtime.checkpoint import check_same_eval
+
+    (tmp_path / "generations.jsonl").write_text('{"key": [1]}\n')
+    (tmp_path / "run.json").write_text('{"model.path": ')
+    with pytest.raises(ConfigError, match="not a run record") as e:
+        check_same_eval(tmp_path, {"model.path": "m"}, [tmp_path / "generations.jsonl"])
+    assert e.value.where == str(tmp_path / "run.json")
+    (tmp_path / "run.json").write_text('{"model.path": "m"}')
+    check_same_eval(tmp_path, {"model.path": "m"}, [tmp_path / "generations.jsonl"])  # the same eval: no error
