@@ -5,7 +5,9 @@ reinforce_pp (no Pre-CLIP, no filter), stable_reinforce without the advantage fi
 Pre-CLIP, and complete — and each seed, then writes a table across seeds (collapsed runs, runs
 with a non-finite loss or gradient, worst importance ratio / per-token loss / gradient norm,
 median held-out accuracy and parse failures) and a plot of seed 0's per-token loss max,
-gradient norm and reward over the steps. A finished run is not rerun.
+gradient norm and reward over the steps. Every run goes through `r1rm rl`'s resume: a finished
+run is not redone, a killed one continues, and a folder holding a run with other settings (say,
+another rl.lr) is refused with exit 2 naming the change — never reported as this recipe's.
 
     python scripts/ablation_stability.py --recipe recipes/tiny/ablation_stability.yaml \
         [model.path=...] [data.train=[...]] [data.eval=[...]] --seeds 0 1 2
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 VARIANTS = {
@@ -132,10 +135,9 @@ def main() -> None:
         for seed in a.seeds:
             out = root / name / f"seed-{seed}"
             metrics = out / "metrics.jsonl"
-            if not (out / "summary.json").exists():  # a finished run is kept (rerun = resume the rest)
-                cfg = load_config(a.recipe, [*a.overrides, *extra, f"seed={seed}", f"output_dir={out}",
-                                             "runtime.progress=false"])
-                rl.run(cfg)
+            # resume checks the run's identity first: a finished run costs a model load, another run refuses
+            rl.run(load_config(a.recipe, [*a.overrides, *extra, f"seed={seed}", f"output_dir={out}",
+                                          "runtime.progress=false", "runtime.resume=true"]))
             runs.setdefault(name, {})[seed] = [json.loads(x) for x in metrics.read_text().splitlines()]
     per_seed = {name: {seed: summarise(rows) for seed, rows in seeds.items()} for name, seeds in runs.items()}
     table = {name: aggregate(seeds) for name, seeds in per_seed.items()}
@@ -151,4 +153,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from r1rm.errors import EXIT_USER_ERROR, R1RMError
+
+    try:
+        main()
+    except R1RMError as e:
+        print(f"error: {e.render()}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
