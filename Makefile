@@ -117,7 +117,7 @@ $(ABL)/base/sft/model/model.safetensors: | demo-model
 
 ablation-stability: $(ABL)/base/sft/model/model.safetensors
 	$(PY) scripts/ablation_stability.py --recipe recipes/tiny/ablation_stability.yaml model.path=$(ABL)/base/sft/model \
-	  data.train=[$(ABL)/base/data/train.jsonl] data.eval=[$(ABL)/base/data/eval.jsonl] output_dir=$(ABL)/stability --seeds 0 1 2
+	  data.train=[$(ABL)/base/data/train.jsonl] data.eval=[$(ABL)/base/data/eval.jsonl] output_dir=$(ABL)/stability --seeds 0 1 2 3 4
 
 lint: install
 	$(VENV)/bin/ruff check r1rm tests

@@ -10,7 +10,7 @@ run is not redone, a killed one continues, and a folder holding a run with other
 another rl.lr) is refused with exit 2 naming the change — never reported as this recipe's.
 
     python scripts/ablation_stability.py --recipe recipes/tiny/ablation_stability.yaml \
-        [model.path=...] [data.train=[...]] [data.eval=[...]] --seeds 0 1 2
+        [model.path=...] [data.train=[...]] [data.eval=[...]] --seeds 0 1 2 3 4
 """
 
 from __future__ import annotations
