@@ -49,11 +49,12 @@ def tiny_model(
     seed: Annotated[int, typer.Option(help="Seed for weights and tokenizer.")] = 0,
     arch: Annotated[str, typer.Option(help="qwen2_5_vl or qwen2_vl.")] = "qwen2_5_vl",
     check: Annotated[bool, typer.Option("--check/--no-check", help="Load it back and generate once.")] = True,
+    heads: Annotated[int, typer.Option(help="Text attention heads (KV heads: half); the width stays 128.")] = 4,
 ) -> None:
     """Write a tiny randomly initialised Qwen-VL-shaped checkpoint with a locally trained tokenizer (offline)."""
     from r1rm.commands import tiny_model as cmd
 
-    cmd.run(out_dir, seed=seed, arch=arch, check=check)
+    cmd.run(out_dir, seed=seed, arch=arch, check=check, heads=heads)
 
 
 @app.command("synth")

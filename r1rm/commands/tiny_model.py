@@ -35,16 +35,20 @@ def smoke_generate(path: Path, max_new_tokens: int = 12) -> tuple[int, str]:
     return n_prompt, processor.decode(out[0, n_prompt:], skip_special_tokens=True)
 
 
-def run(out_dir: Path, *, seed: int = 0, arch: str = "qwen2_5_vl", check: bool = True) -> Path:
+def run(out_dir: Path, *, seed: int = 0, arch: str = "qwen2_5_vl", check: bool = True, heads: int = 4) -> Path:
     if arch not in ARCHS:
         raise ConfigError(f"unknown --arch '{arch}'", fix=f"use one of: {', '.join(ARCHS)}")
     from rich.console import Console
     from rich.markup import escape
 
-    from r1rm.models.tiny import build_tiny_model
+    from r1rm.models.tiny import TINY, build_tiny_model, with_heads
 
+    try:
+        size = with_heads(TINY, heads)
+    except ValueError as e:
+        raise ConfigError(f"--heads {heads}: {e}", fix="use 1, 2, 4, 8 or 16 (the text width is 128)") from None
     console = Console()
-    path = Path(build_tiny_model(out_dir, seed=seed, arch=arch))
+    path = Path(build_tiny_model(out_dir, seed=seed, arch=arch, size=size))
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     console.print(f"tiny {arch} checkpoint written to [bold]{escape(str(path))}[/] ({size / 1e6:.1f} MB, seed {seed})")
     if check:

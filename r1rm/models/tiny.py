@@ -140,6 +140,23 @@ class ModelSize:
 
 
 TINY = ModelSize()
+
+
+def with_heads(size: ModelSize, heads: int) -> ModelSize:
+    """`size` with `heads` text attention heads: half as many KV heads (at least 1) and Qwen2.5-VL's
+    mrope split (1/4 temporal, 3/8 height, 3/8 width of head_dim / 2) rescaled to the new head_dim.
+    Raises ValueError when the width does not split that way (say, 128 wide with 3 or 32 heads)."""
+    from dataclasses import replace
+
+    if heads < 1 or size.hidden_size % heads:
+        raise ValueError(f"{heads} heads do not divide hidden_size {size.hidden_size}")
+    half = size.hidden_size // heads // 2
+    if half < 4:
+        raise ValueError(f"{heads} heads leave head_dim {2 * half}: the mrope split needs 8 or more")
+    t = half // 4
+    hw = (half - t) // 2
+    return replace(size, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+                   mrope_section=(half - 2 * hw, hw, hw))
 # Qwen2.5-0.5B's text decoder (896 wide, 24 layers, 14 heads of 64, 2 KV heads, MLP 4864; Qwen2.5-VL's
 # mrope split scaled to head_dim 64) with the tiny tokenizer's vocabulary, and an 8-block, 512-wide vision
 # tower (Qwen2.5-VL's pattern: window attention, full attention every 4th block): about 0.39B parameters.

@@ -159,3 +159,25 @@ def test_qwen2_vl_arch_loads_and_generates(tmp_path):
 def test_unknown_arch_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown arch"):
         build_tiny_model(tmp_path / "x", arch="llava")
+
+
+def test_head_count_option_builds_a_working_model(cli, tmp_path):
+    """`r1rm tiny-model --heads 8`: 8 query / 4 KV heads of 16, mrope rescaled, loads back and generates
+    (its --check); 4 heads is the default model byte for byte; a head count that cannot split the
+    width is exit 2 naming the option."""
+    import json
+
+    from r1rm.models.tiny import TINY, with_heads
+
+    assert with_heads(TINY, 4) == TINY
+    proc = cli("tiny-model", tmp_path / "h8", "--heads", "8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loaded back offline" in proc.stdout
+    cfg = json.loads((tmp_path / "h8" / "config.json").read_text())
+    text = cfg.get("text_config", cfg)
+    assert (text["num_attention_heads"], text["num_key_value_heads"]) == (8, 4)
+    rope = text.get("rope_parameters") or text.get("rope_scaling")  # transformers 5 / 4 key
+    assert rope["mrope_section"] == [2, 3, 3]
+    for bad in ("3", "32"):
+        proc = cli("tiny-model", tmp_path / f"h{bad}", "--heads", bad, "--no-check")
+        assert proc.returncode == 2 and f"--heads {bad}" in proc.stderr and "Traceback" not in proc.stderr
