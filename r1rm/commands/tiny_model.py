@@ -44,13 +44,13 @@ def run(out_dir: Path, *, seed: int = 0, arch: str = "qwen2_5_vl", check: bool =
     from r1rm.models.tiny import TINY, build_tiny_model, with_heads
 
     try:
-        size = with_heads(TINY, heads)
+        model_size = with_heads(TINY, heads)
     except ValueError as e:
         raise ConfigError(f"--heads {heads}: {e}", fix="use 1, 2, 4, 8 or 16 (the text width is 128)") from None
     console = Console()
-    path = Path(build_tiny_model(out_dir, seed=seed, arch=arch, size=size))
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    console.print(f"tiny {arch} checkpoint written to [bold]{escape(str(path))}[/] ({size / 1e6:.1f} MB, seed {seed})")
+    path = Path(build_tiny_model(out_dir, seed=seed, arch=arch, size=model_size))
+    n_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    console.print(f"tiny {arch} checkpoint written to [bold]{escape(str(path))}[/] ({n_bytes / 1e6:.1f} MB, seed {seed})")
     if check:
         n_prompt, text = smoke_generate(path)
         console.print(f"loaded back offline; judged a synthetic image pair ({n_prompt} prompt tokens) → {text!r}")

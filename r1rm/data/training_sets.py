@@ -7,7 +7,7 @@ from pathlib import Path
 
 from r1rm.data.chat import default_image_root
 from r1rm.data.records import Record, dataset_files, read_numbered_records
-from r1rm.errors import ConfigError, DataError, InputFileError
+from r1rm.errors import ConfigError, DataError, InputFileError, R1RMError
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,6 @@ def data_fingerprint(paths: list[str]) -> str | None:
     missing or unreadable: reading it reports that). A resumed run checks it: same path, other
     data = other run."""
     import hashlib
-
-    from r1rm.errors import R1RMError
 
     h = hashlib.sha256()
     try:

@@ -140,6 +140,15 @@ class ModelSize:
 
 
 TINY = ModelSize()
+# Qwen2.5-0.5B's text decoder (896 wide, 24 layers, 14 heads of 64, 2 KV heads, MLP 4864; Qwen2.5-VL's
+# mrope split scaled to head_dim 64) with the tiny tokenizer's vocabulary, and an 8-block, 512-wide vision
+# tower (Qwen2.5-VL's pattern: window attention, full attention every 4th block): about 0.39B parameters.
+MID = ModelSize(
+    hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+    mrope_section=(8, 12, 12), vision_depth=8, vision_hidden_size=512, vision_intermediate_size=1536, vision_heads=8,
+    vision_fullatt_blocks=(3, 7), vision_window_size=112,
+)
+SIZES = {"tiny": TINY, "mid": MID}
 
 
 def with_heads(size: ModelSize, heads: int) -> ModelSize:
@@ -157,15 +166,6 @@ def with_heads(size: ModelSize, heads: int) -> ModelSize:
     hw = (half - t) // 2
     return replace(size, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
                    mrope_section=(half - 2 * hw, hw, hw))
-# Qwen2.5-0.5B's text decoder (896 wide, 24 layers, 14 heads of 64, 2 KV heads, MLP 4864; Qwen2.5-VL's
-# mrope split scaled to head_dim 64) with the tiny tokenizer's vocabulary, and an 8-block, 512-wide vision
-# tower (Qwen2.5-VL's pattern: window attention, full attention every 4th block): about 0.39B parameters.
-MID = ModelSize(
-    hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-    mrope_section=(8, 12, 12), vision_depth=8, vision_hidden_size=512, vision_intermediate_size=1536, vision_heads=8,
-    vision_fullatt_blocks=(3, 7), vision_window_size=112,
-)
-SIZES = {"tiny": TINY, "mid": MID}
 
 
 def default_corpus() -> list[str]:
