@@ -59,9 +59,10 @@ def test_paper_hyper_parameters():
 
 
 def test_make_demo_chains_its_recipes():
-    """`make -n` (dry run): the demo chains the flawed-teacher data, the early-stopped SFT and the
-    strong RL recipe; RL chooses its checkpoint on the validation split, and the held-out eval
-    and the vote score that kept checkpoint; the stability ablation builds its own SFT base."""
+    """`make -n` (dry run): the demo builds its 8-head model and chains the flawed-teacher data, the
+    batch-16 SFT and the strong RL recipe; RL chooses its checkpoint on the validation split, and
+    the held-out eval and the vote score that kept checkpoint; the stability ablation and the
+    transfer miniature build on the 4-head default model they were measured with."""
     import shutil
     import subprocess
 
@@ -75,6 +76,7 @@ def test_make_demo_chains_its_recipes():
         return proc.stdout
 
     demo = plan("demo", "DEMO=out/plan_demo")
+    assert "tiny-model --heads 8 out/plan_demo/model" in demo
     assert "synth --recipe recipes/tiny/synth_flawed_teacher.yaml output_dir=out/plan_demo/data" in demo
     assert "check-data out/plan_demo/data/train.jsonl out/plan_demo/data/val.jsonl out/plan_demo/data/eval.jsonl" in demo
     assert "sft --recipe recipes/tiny/sft_demo.yaml model.path=out/plan_demo/model" in demo
@@ -87,8 +89,12 @@ def test_make_demo_chains_its_recipes():
     sft = load_config(repo / "recipes/tiny/sft_demo.yaml")
     rl = load_config(repo / "recipes/tiny/rl_demo.yaml")
     synth = load_config(repo / "recipes/tiny/synth_flawed_teacher.yaml")
-    assert sft.sft.max_steps == 1000 and sft.sft.max_steps * sft.sft.batch_size <= synth.data.synthetic.n
+    assert (sft.sft.max_steps, sft.sft.batch_size, sft.sft.micro_batch_size) == (1000, 16, 4)
     assert rl.rl.keep_best and rl.rl.eval_every_steps and rl.rl.max_steps % rl.rl.eval_every_steps == 0
     assert synth.data.synthetic.n_val > 0 and synth.data.synthetic.teacher_error > 0
     abl = plan("ablation-stability", "-B")
     assert "sft --recipe recipes/tiny/sft.yaml" in abl and "model.path=out/ablation/base/sft/model" in abl
+    assert "tiny-model out/tiny4/model" in abl and "model.path=out/tiny4/model data.train=[out/ablation/base" in abl
+    transfer = plan("transfer", "-B")
+    assert "tiny-model out/tiny4/model" in transfer and "--heads" not in transfer
+    assert "model.path=out/tiny4/model data.train=[out/transfer/image/train.jsonl]" in transfer
