@@ -32,7 +32,7 @@ test-fast: install
 
 # ---- the main job on the embedded default (tiny model, synthetic colour task)
 # the demo's model has 8 attention heads: with 4 (the tiny default) and batch 8, SFT stalled on a
-# plateau for some seeds and CPU kernels (README, "The demo's main weakness")
+# plateau for some seeds and CPU kernels (README, "How robust the demo is")
 $(DEMO)/model/config.json: | install
 	$(R1RM) tiny-model --heads 8 $(DEMO)/model
 
