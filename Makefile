@@ -41,8 +41,9 @@ BASE4 ?= out/tiny4
 $(BASE4)/model/config.json: | install
 	$(R1RM) tiny-model $(BASE4)/model
 
-# the demo's recipes: data with a flawed simulated teacher and a validation split, SFT stopped
-# early on purpose, the strong RL recipe keeping its best validation checkpoint (README, "make demo")
+# the demo's recipes: data with a flawed simulated teacher and a validation split, SFT that
+# learns the task and the teacher's flaw, the strong RL recipe keeping its best validation
+# checkpoint (README, "make demo")
 DEMO_SYNTH ?= recipes/tiny/synth_flawed_teacher.yaml
 DEMO_SFT   ?= recipes/tiny/sft_demo.yaml
 DEMO_RL    ?= recipes/tiny/rl_demo.yaml
