@@ -236,6 +236,12 @@ class RLConfig(OptimConfig):
     logprob_check_tol: float = Field(
         0.05, gt=0, description="vLLM: largest mean |logp gap| between trainer and engine after a weight push."
     )
+    stress_rollout_lag: int = Field(
+        0, ge=0, description="Stress tests only: rollouts sampled by, and old log-probs taken from, the policy as it "
+        "was this many rollout steps earlier (an asynchronous or stale-weights rollout engine), so ratios start far "
+        "from 1: the off-policy gap Pre-CLIP bounds. Keeps that many weight copies in CPU memory; hf engine, no "
+        "DeepSpeed. 0 = on-policy rollouts."
+    )
 
     @property
     def samples_per_item(self) -> int:

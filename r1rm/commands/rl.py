@@ -126,6 +126,7 @@ def run(cfg: Config) -> dict:
         check_resumable,
         latest_checkpoint,
         load_checkpoint,
+        load_extra,
         recover_best,
         save_best,
         save_checkpoint,
@@ -152,6 +153,11 @@ def run(cfg: Config) -> dict:
                           fix="set rl.eval_every_steps and data.eval=[a validation split] (not the test set), or drop rl.keep_best")
     items = read_items(cfg.data.train, image_root=cfg.data.image_root, target_field=None)
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    lag = rc.stress_rollout_lag
+    if lag and (cfg.runtime.deepspeed or rc.rollout_engine != "hf"):
+        raise ConfigError(f"rl.stress_rollout_lag={lag} keeps whole weight copies for the hf rollout engine; "
+                          f"it does not run with DeepSpeed or rl.rollout_engine={rc.rollout_engine}",
+                          fix="drop runtime.deepspeed and use rl.rollout_engine=hf, or set rl.stress_rollout_lag=0")
     if rc.rollout_batch_size % world:
         raise ConfigError(f"rl.rollout_batch_size={rc.rollout_batch_size} is not divisible by the {world} processes",
                           fix=f"use a multiple of {world}")
@@ -191,7 +197,7 @@ def run(cfg: Config) -> dict:
     updates_per_rollout = (rc.rollout_batch_size * rc.samples_per_item // rc.train_batch_size) * rc.ppo_epochs
     # one update per rollout, sampled by the model being updated, and no KL term that needs the old
     # log-probs: they equal the update pass's own (detached), so their extra forward pass is skipped
-    on_policy = updates_per_rollout == 1 and rc.rollout_engine == "hf" and rc.kl_coef == 0
+    on_policy = updates_per_rollout == 1 and rc.rollout_engine == "hf" and rc.kl_coef == 0 and not lag
     total_updates = total_rollouts * updates_per_rollout
     scheduler = LambdaLR(optimizer, lambda s: lr_multiplier(s, total_steps=total_updates,
                                                             warmup_steps=int(rc.warmup_ratio * total_updates),
@@ -223,6 +229,21 @@ def run(cfg: Config) -> dict:
         judge_stats, last_eval = JudgeStats(**state.get("judge", {})), state.get("last_eval", {})
         # the best as of this checkpoint: a best/ saved after it is re-derived when its step replays
         best = state.get("best")
+    # rl.stress_rollout_lag: `history` holds the weights at the start of steps max(0, step−lag)..step;
+    # the oldest samples the rollouts and gives the old log-probs (a stale rollout engine)
+    behaviour, history = None, []
+    if lag:
+        import copy
+
+        def weights() -> dict:
+            return {k: v.detach().to("cpu", copy=True) for k, v in acc.unwrap_model(model).state_dict().items()}
+
+        behaviour = copy.deepcopy(acc.unwrap_model(model)).eval().requires_grad_(False)
+        extra = load_extra(ckpt) if ckpt is not None else None
+        if ckpt is not None and (extra is None or len(extra.get("lag_history", [])) != min(step, lag) + 1):
+            raise ConfigError(f"checkpoint {ckpt} holds no rollout-lag weights for rl.stress_rollout_lag={lag}",
+                              fix="start this run afresh (runtime.resume=false) or in a new output_dir")
+        history = extra["lag_history"] if extra is not None else [weights()]
     log = MetricsLog(out, enabled=acc.is_main_process, resume_step=step, tensorboard=cfg.runtime.tensorboard,
                      wandb_project=cfg.runtime.wandb_project, run_config=cfg.model_dump(mode="json"))
 
@@ -261,6 +282,10 @@ def run(cfg: Config) -> dict:
             t_gen = time.perf_counter()
             if vllm_engine is not None:
                 results = vllm_engine.generate(requests, sampling)
+            elif behaviour is not None:
+                behaviour.load_state_dict(history[0])
+                results = HFEngine(behaviour, processor, batch_size=cfg.engine.batch_size,
+                                   share_prefill=cfg.engine.share_prefill).generate(requests, sampling)
             else:
                 engine = HFEngine(acc.unwrap_model(model), processor, batch_size=cfg.engine.batch_size,
                                   share_prefill=cfg.engine.share_prefill)
@@ -320,7 +345,8 @@ def run(cfg: Config) -> dict:
                         lp = torch.zeros_like(m)  # never read: the update pass supplies old log-probs
                     with acc.autocast():
                         if not on_policy:
-                            lp, m, _ = token_logprobs(model, chunk, pad_id=tok.pad_token_id, device=acc.device)
+                            lp, m, _ = token_logprobs(behaviour if lag else model, chunk, pad_id=tok.pad_token_id,
+                                                      device=acc.device)
                         if ref is not None:
                             rlp, _, _ = token_logprobs(ref, chunk, pad_id=tok.pad_token_id, device=acc.device)
                             ref_lp += list(rlp)
@@ -419,6 +445,8 @@ def run(cfg: Config) -> dict:
             t_train = time.perf_counter() - t0
             t_step = time.perf_counter() - t_step
             step += 1
+            if lag:
+                history = [*history, weights()][-(lag + 1):]
 
             # ---- 6. metrics, eval, checkpoints
             n_valid = max(sum(valid), 1.0)
@@ -459,11 +487,13 @@ def run(cfg: Config) -> dict:
             if step % rc.save_every_steps == 0 and step < total_rollouts:
                 save_checkpoint(acc, model, processor, out, step=step, keep_last=rc.keep_last,
                                 trainer_state={"run": identity, "step": step, "counters": counters, "judge": vars(judge_stats),
-                                               "last_eval": last_eval, "best": best})
+                                               "last_eval": last_eval, "best": best},
+                                extra={"lag_history": history} if lag else None)
 
     save_checkpoint(acc, model, processor, out, step=step, keep_last=rc.keep_last,
                     trainer_state={"run": identity, "step": step, "counters": counters, "judge": vars(judge_stats), "last_eval": last_eval,
-                                   "best": best, "final": True})
+                                   "best": best, "final": True},
+                    extra={"lag_history": history} if lag else None)
     state_dict = acc.get_state_dict(model)
     summary = {"steps": step, "processes": acc.num_processes, "algorithm": rc.algorithm, "pre_clip": pre_clip_ratio,
                "grouped_forward": grouped,

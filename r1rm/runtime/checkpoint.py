@@ -59,9 +59,13 @@ def _remove_dir(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+EXTRA = "extra_state.pt"
+
+
 def save_checkpoint(accelerator, model, processor, out_dir: str | os.PathLike, *, step: int, trainer_state: dict,
-                    keep_last: int) -> Path:
-    """Every process calls this (ZeRO gathers need them all); the main process writes and renames."""
+                    keep_last: int, extra: dict | None = None) -> Path:
+    """Every process calls this (ZeRO gathers need them all); the main process writes and renames.
+    `extra`: tensors a resumed run needs besides the model and optimizer (torch.save, main process)."""
     root = Path(out_dir) / CHECKPOINTS
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-step-{step:07d}"
@@ -76,6 +80,10 @@ def save_checkpoint(accelerator, model, processor, out_dir: str | os.PathLike, *
     accelerator.save_state(str(tmp / "state"))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if extra is not None:
+            import torch
+
+            torch.save(extra, tmp / EXTRA)
         write_json_atomic(tmp / STATE, trainer_state)
         if final.exists():  # a rerun saving the same step again (e.g. resumed from its final checkpoint)
             _remove_dir(final)
@@ -168,6 +176,14 @@ def load_checkpoint(accelerator, ckpt: Path) -> dict:
     """Restore optimizer, scheduler, model and RNG states; return the trainer state."""
     accelerator.load_state(str(ckpt / "state"))
     return json.loads((ckpt / STATE).read_text())
+
+
+def load_extra(ckpt: Path) -> dict | None:
+    """What save_checkpoint's `extra` wrote, or None for a checkpoint without it."""
+    import torch
+
+    path = ckpt / EXTRA
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
 
 def recover_best(out_dir: str | os.PathLike) -> dict | None:

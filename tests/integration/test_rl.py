@@ -267,3 +267,49 @@ def test_keep_best_saves_the_best_periodic_eval_policy(cli, tiny, data, tmp_path
     proc = cli(*args(tiny, data, tmp_path / "nobest", "rl.keep_best=true"))
     assert proc.returncode == 2 and "rl.keep_best needs the periodic eval" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "nobest").exists()
+
+
+def test_stale_rollouts_start_off_policy_and_resume_exactly(cli, tiny, data, tmp_path):
+    """rl.stress_rollout_lag=1 (a rollout engine one step behind): with one update per rollout,
+    step 1 samples with the start weights, so its ratios are 1; step 2 samples with, and takes its
+    old log-probs from, the weights before step 1's update, so its ratios start away from 1 (an
+    on-policy run with the same settings stays at 1). A run resumed from its step-2 checkpoint
+    continues with the same stale weights — the uninterrupted run's rewards, lengths and losses —
+    and a checkpoint without them is refused with exit 2."""
+    import shutil
+
+    # one update per rollout (4 items x 2 orders x n 2); the untrained model earns no reward, so a
+    # k1 KL loss term supplies the gradient that moves the weights
+    one_update = ["rl.train_batch_size=16", "rl.max_steps=3", "rl.lr=1e-3", "rl.keep_last=3", "rl.kl_coef=0.1",
+                  "rl.kl_in=loss"]
+    on, lag = tmp_path / "on", tmp_path / "lag"
+    for out, extra in ((on, []), (lag, ["rl.stress_rollout_lag=1"])):
+        proc = cli(*args(tiny, data, out, *one_update, *extra))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = rows(on), rows(lag)
+    assert all(x["ratio_max"] == pytest.approx(1.0, abs=1e-4) for x in a)  # fresh old log-probs each step
+    assert b[0]["reward"] == a[0]["reward"] and b[0]["ratio_max"] == pytest.approx(1.0, abs=1e-4)
+    assert b[1]["ratio_max"] > 1.01 and b[1]["approx_kl"] != 0.0
+    assert [p.name for p in (lag / "checkpoints").iterdir() if p.name.startswith("step-")] and all(
+        (p / "extra_state.pt").is_file() for p in (lag / "checkpoints").glob("step-*"))
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(lag, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-0000003")
+    for name in ("model", "summary.json"):
+        shutil.rmtree(resumed / name) if (resumed / name).is_dir() else (resumed / name).unlink()
+    proc = cli(*args(tiny, data, resumed, *one_update, "rl.stress_rollout_lag=1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    c = rows(resumed)
+    assert [x["step"] for x in c] == [1, 2, 3]
+    for x, y in zip(b, c, strict=True):
+        assert (x["reward"], x["response_length"]) == (y["reward"], y["response_length"]), x["step"]
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-6) and x["ratio_max"] == pytest.approx(y["ratio_max"], rel=1e-6)
+
+    shutil.rmtree(resumed / "checkpoints" / "step-0000003")
+    (resumed / "checkpoints" / "step-0000002" / "extra_state.pt").unlink()
+    proc = cli(*args(tiny, data, resumed, *one_update, "rl.stress_rollout_lag=1"))
+    assert proc.returncode == 2 and "no rollout-lag weights" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli(*args(tiny, data, tmp_path / "ds", *one_update, "rl.stress_rollout_lag=1",
+                     "runtime.deepspeed=recipes/deepspeed/zero2.json"))
+    assert proc.returncode == 2 and "stress_rollout_lag" in proc.stderr
