@@ -117,15 +117,15 @@ transfer: $(BASE4)/model/config.json
 	  $(R1RM) eval --recipe recipes/tiny/eval.yaml model.path=$(TR)/$$m/model data.eval=[$(TR)/image/eval.jsonl] output_dir=$(TR)/eval_$$m || exit 1; done
 
 # R1-Reward Table 6 in miniature: reinforce_pp / no filter / no Pre-CLIP / stable_reinforce under stress,
-# from the model of SFT on the perfect teacher's traces (recipes/tiny/synth.yaml, sft.yaml)
+# from a policy SFT-trained on the perfect teacher's traces (recipes/tiny/synth.yaml, sft.yaml). The tiny
+# SFT's outcome depends on its seed and on the CPU's numerics (0 %, 90 % or 100 % held-out from the same
+# recipe), so the script tries SFT seeds in order and keeps the first between 85 and 95 % (out/ablation/base/
+# base.json), or stops with exit 2 saying what each seed got
 ABL = out/ablation
-$(ABL)/base/sft/model/model.safetensors: | $(BASE4)/model/config.json
-	$(R1RM) synth --recipe recipes/tiny/synth.yaml output_dir=$(ABL)/base/data
-	$(R1RM) sft --recipe recipes/tiny/sft.yaml model.path=$(BASE4)/model data.train=[$(ABL)/base/data/train.jsonl] output_dir=$(ABL)/base/sft
-
-ablation-stability: $(ABL)/base/sft/model/model.safetensors
-	$(PY) scripts/ablation_stability.py --recipe recipes/tiny/ablation_stability.yaml model.path=$(ABL)/base/sft/model \
-	  data.train=[$(ABL)/base/data/train.jsonl] data.eval=[$(ABL)/base/data/eval.jsonl] output_dir=$(ABL)/stability --seeds 0 1 2 3 4
+ablation-stability: | $(BASE4)/model/config.json
+	$(PY) scripts/ablation_stability.py --recipe recipes/tiny/ablation_stability.yaml --base $(ABL)/base \
+	  --base-model $(BASE4)/model --base-seeds 0 1 2 3 4 5 --base-min-strict 0.85 --base-max-strict 0.95 \
+	  output_dir=$(ABL)/stability --seeds 0 1 2 3 4
 
 lint: install
 	$(VENV)/bin/ruff check r1rm tests

@@ -236,6 +236,11 @@ class RLConfig(OptimConfig):
     logprob_check_tol: float = Field(
         0.05, gt=0, description="vLLM: largest mean |logp gap| between trainer and engine after a weight push."
     )
+    stress_label_noise: float = Field(
+        0.0, ge=0, lt=0.5, description="Stress tests only: this share of the RL items get the wrong label (picked by a "
+        "hash of the item's uid: the same items in every run and seed): noisy preference labels, whose rare low "
+        "rewards are the outlying advantages the advantage filter drops."
+    )
     stress_rollout_lag: int = Field(
         0, ge=0, description="Stress tests only: rollouts sampled by, and old log-probs taken from, the policy as it "
         "was this many rollout steps earlier (an asynchronous or stale-weights rollout engine), so ratios start far "

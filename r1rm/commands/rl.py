@@ -117,7 +117,7 @@ def run(cfg: Config) -> dict:
     from r1rm.core.schedules import lr_multiplier
     from r1rm.data.chat import record_messages
     from r1rm.data.media import fit_visuals
-    from r1rm.data.training_sets import data_fingerprint, epoch_order, read_items
+    from r1rm.data.training_sets import data_fingerprint, epoch_order, read_items, with_label_noise
     from r1rm.engines.base import Request, SamplingParams
     from r1rm.engines.hf import VISION_PLACEHOLDERS, HFEngine
     from r1rm.models.loading import load_model, load_processor
@@ -152,6 +152,7 @@ def run(cfg: Config) -> dict:
         raise ConfigError("rl.keep_best needs the periodic eval: rl.eval_every_steps > 0 and a data.eval file",
                           fix="set rl.eval_every_steps and data.eval=[a validation split] (not the test set), or drop rl.keep_best")
     items = read_items(cfg.data.train, image_root=cfg.data.image_root, target_field=None)
+    items, label_noise_flipped = with_label_noise(items, rc.stress_label_noise)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     lag = rc.stress_rollout_lag
     if lag and (cfg.runtime.deepspeed or rc.rollout_engine != "hf"):
@@ -497,7 +498,8 @@ def run(cfg: Config) -> dict:
     state_dict = acc.get_state_dict(model)
     summary = {"steps": step, "processes": acc.num_processes, "algorithm": rc.algorithm, "pre_clip": pre_clip_ratio,
                "grouped_forward": grouped,
-               "adv_filter": adv_filter, **counters, "judge_calls": judge_stats.calls,
+               "adv_filter": adv_filter, **({"label_noise_flipped": label_noise_flipped} if rc.stress_label_noise else {}),
+               **counters, "judge_calls": judge_stats.calls,
                "judge_failures": judge_stats.failures, **last_eval, **({"best": best} if rc.keep_best else {})}
     if acc.is_main_process:
         save_hf(acc.unwrap_model(model), processor, out / "model", state_dict=state_dict)

@@ -75,3 +75,20 @@ def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool = True) -> list[
     if shuffle:
         random.Random(seed * 1_000_003 + epoch).shuffle(order)
     return order
+
+
+def with_label_noise(items: list[Item], share: float) -> tuple[list[Item], int]:
+    """`items` with the label of about `share` of them flipped (1 <-> 2) — those whose uid hashes below
+    `share`, so the same items whatever the run's seed — and how many were flipped. Unlabelled items
+    stay as they are."""
+    import dataclasses
+    import hashlib
+
+    out, flipped = [], 0
+    for it in items:
+        h = int.from_bytes(hashlib.sha256(f"label-noise:{it.rec.uid}".encode()).digest()[:8], "big") / 2**64
+        if share > 0 and it.rec.label is not None and h < share:
+            it = dataclasses.replace(it, rec=dataclasses.replace(it.rec, label=3 - it.rec.label))
+            flipped += 1
+        out.append(it)
+    return out, flipped

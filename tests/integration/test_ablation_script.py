@@ -46,3 +46,31 @@ def test_ablation_runs_resumes_and_refuses_another_lr(tiny, tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "rl.lr:" in proc.stderr and "other settings" in proc.stderr
     assert (run / "config.yaml").read_bytes() == before and (run / "metrics.jsonl").read_text() == rows
+
+
+def test_base_keeps_the_first_sft_seed_that_solves_the_task_or_says_none_did(tiny, tmp_path):
+    """--base: synthetic data, then SFT seeds in order until one reaches --base-min-strict on the
+    held-out pairs; the runs start from that policy. None reaching it: exit 2 naming what each got,
+    no base.json and no ablation run."""
+    base, out = tmp_path / "base", tmp_path / "abl"
+    small = ["--base-set", "data.synthetic.n=8", "data.synthetic.n_eval=2", "sft.max_steps=2", "sft.batch_size=2",
+             "sft.micro_batch_size=2", "generation.max_new_tokens=8", "--base-model", str(tiny)]
+    cmd = [sys.executable, "scripts/ablation_stability.py", f"output_dir={out}", "rl.max_steps=1",
+           "rl.rollout_batch_size=2", "rl.n_samples_per_prompt=2", "rl.train_batch_size=8", "rl.micro_batch_size=2",
+           "rl.max_new_tokens=8", "rl.eval_every_steps=0", "runtime.tensorboard=false", "--only", "stable_reinforce",
+           "--seeds", "0", "--base", str(base), "--base-seeds", "0", "1", *small]
+    env = {**os.environ, "NO_COLOR": "1"}
+    proc = subprocess.run([*cmd, "--base-min-strict", "1.01"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "no SFT seed of [0, 1] reached held-out strict 1.01-1.00" in proc.stderr and "got 0.00, 0.00" in proc.stderr
+    assert not (base / "base.json").exists() and not out.exists()
+    assert (base / "sft-seed-1" / "heldout" / "metrics.json").is_file()
+
+    proc = subprocess.run([*cmd, "--base-min-strict", "0"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((base / "base.json").read_text())
+    assert record["seed"] == 0 and record["tried"] == [{"seed": 0, "heldout_strict": 0.0}] and record["max_strict"] == 1
+    run_cfg = (out / "stable_reinforce" / "seed-0" / "config.yaml").read_text()
+    assert f"{base / 'sft-seed-0' / 'model'}" in run_cfg and f"{base / 'data' / 'train.jsonl'}" in run_cfg

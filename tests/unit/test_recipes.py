@@ -93,8 +93,9 @@ def test_make_demo_chains_its_recipes():
     assert rl.rl.keep_best and rl.rl.eval_every_steps and rl.rl.max_steps % rl.rl.eval_every_steps == 0
     assert synth.data.synthetic.n_val > 0 and synth.data.synthetic.teacher_error > 0
     abl = plan("ablation-stability", "-B")
-    assert "sft --recipe recipes/tiny/sft.yaml" in abl and "model.path=out/ablation/base/sft/model" in abl
-    assert "tiny-model out/tiny4/model" in abl and "model.path=out/tiny4/model data.train=[out/ablation/base" in abl
+    assert "tiny-model out/tiny4/model" in abl and "--base out/ablation/base" in abl
+    assert "--base-model out/tiny4/model" in abl
+    assert "--base-min-strict 0.85 --base-max-strict 0.95" in abl and "--heads" not in abl
     transfer = plan("transfer", "-B")
     assert "tiny-model out/tiny4/model" in transfer and "--heads" not in transfer
     assert "model.path=out/tiny4/model data.train=[out/transfer/image/train.jsonl]" in transfer

@@ -183,3 +183,25 @@ def test_record_messages_by_modality(tmp_path):
     assert "<type>" in msrl[0]["content"][0]["text"]
     swapped = record_messages(oriented(img, "chosen_second"), image_root=tmp_path)
     assert "[Response 1]:\nno" in swapped[0]["content"][1]["text"]
+
+
+def test_label_noise_flips_a_stable_share_of_labelled_items():
+    """rl.stress_label_noise: about `share` of the items flipped (1 <-> 2), picked by uid — the same
+    items in any order — and unlabelled items left alone."""
+    from pathlib import Path
+
+    from r1rm.data.records import Record, Response
+    from r1rm.data.training_sets import Item, with_label_noise
+
+    items = [Item(Record(uid=f"u{i}", question="q", response1=Response("text", "a"), response2=Response("text", "b"),
+                         label=None if i % 10 == 0 else 1 + i % 2), Path("."), None, f"f:{i}") for i in range(2000)]
+    same, n0 = with_label_noise(items, 0.0)
+    assert n0 == 0 and same == items
+    noisy, n = with_label_noise(items, 0.2)
+    changed = [(a, b) for a, b in zip(items, noisy, strict=True) if a != b]
+    assert len(changed) == n and 0.15 * 1800 < n < 0.25 * 1800
+    assert all(b.rec.label == 3 - a.rec.label and b.rec.uid == a.rec.uid for a, b in changed)
+    assert all(b == a for a, b in zip(items, noisy, strict=True) if a.rec.label is None)
+    again, _ = with_label_noise(items[::-1], 0.2)
+    assert {it.rec.uid for it in again if it.rec.label != items[int(it.rec.uid[1:])].rec.label} == {
+        a.rec.uid for a, _ in changed}
