@@ -139,7 +139,7 @@ def build_base(base: Path, *, model: str, seeds: list[int], min_strict: float, m
     tried = []
     for seed in seeds:
         out = base / f"sft-seed-{seed}"
-        # a finished SFT is not rerun: that would rewrite its model and the eval below would refuse it
+        # a finished SFT is not loaded again
         if not (out / "summary.json").is_file():
             sft.run(load_config("recipes/tiny/sft.yaml", [*overrides, f"model.path={model}", f"data.train=[{train}]", f"output_dir={out}",
                                                           f"seed={seed}", "runtime.progress=false"]))

@@ -124,6 +124,7 @@ def run(cfg: Config) -> dict:
     from r1rm.runtime.accel import apply_update, gathered_for_generation, make_accelerator, make_optimizer, split_batch
     from r1rm.runtime.checkpoint import (
         check_resumable,
+        finished_before,
         latest_checkpoint,
         load_checkpoint,
         load_extra,
@@ -230,6 +231,7 @@ def run(cfg: Config) -> dict:
         judge_stats, last_eval = JudgeStats(**state.get("judge", {})), state.get("last_eval", {})
         # the best as of this checkpoint: a best/ saved after it is re-derived when its step replays
         best = state.get("best")
+    resumed_at = step
     # rl.stress_rollout_lag: `history` holds the weights at the start of steps max(0, step−lag)..step;
     # the oldest samples the rollouts and gives the old log-probs (a stale rollout engine)
     behaviour, history = None, []
@@ -491,6 +493,12 @@ def run(cfg: Config) -> dict:
                                                "last_eval": last_eval, "best": best},
                                 extra={"lag_history": history} if lag else None)
 
+    if finished_before(out, ckpt, step=step, resumed_at=resumed_at):
+        log.close()
+        if judge_engine is not None:
+            judge_engine.close()
+        acc.end_training()
+        return json.loads((out / "summary.json").read_text())
     save_checkpoint(acc, model, processor, out, step=step, keep_last=rc.keep_last,
                     trainer_state={"run": identity, "step": step, "counters": counters, "judge": vars(judge_stats), "last_eval": last_eval,
                                    "best": best, "final": True},

@@ -52,7 +52,13 @@ def run(cfg: Config) -> dict:
     from r1rm.models.loading import load_model, load_processor
     from r1rm.runtime.accel import apply_update, make_accelerator, make_optimizer, split_batch
     from r1rm.runtime.batches import TooLong, collate, encode_sft
-    from r1rm.runtime.checkpoint import check_resumable, latest_checkpoint, load_checkpoint, save_checkpoint
+    from r1rm.runtime.checkpoint import (
+        check_resumable,
+        finished_before,
+        latest_checkpoint,
+        load_checkpoint,
+        save_checkpoint,
+    )
     from r1rm.runtime.metrics_log import MetricsLog
     from r1rm.runtime.modelprep import prepare_for_training, save_hf
     from r1rm.runtime.progress import make_progress
@@ -102,6 +108,7 @@ def run(cfg: Config) -> dict:
         state = load_checkpoint(acc, ckpt)
         step, counters = state["step"], state["counters"]
         tokens_seen, last_loss = state.get("tokens_seen", 0), state.get("last_loss", float("nan"))
+    resumed_at = step
     log = MetricsLog(out, enabled=acc.is_main_process, resume_step=step, tensorboard=cfg.runtime.tensorboard,
                      wandb_project=cfg.runtime.wandb_project, run_config=cfg.model_dump(mode="json"))
 
@@ -191,6 +198,10 @@ def run(cfg: Config) -> dict:
                                                "tokens_seen": tokens_seen, "last_loss": last_loss})
 
     # ---- final model
+    if finished_before(out, ckpt, step=step, resumed_at=resumed_at):
+        log.close()
+        acc.end_training()
+        return json.loads((out / "summary.json").read_text())
     save_checkpoint(acc, model, processor, out, step=step, keep_last=sc.keep_last,
                     trainer_state={"run": identity, "step": step, "counters": counters, "tokens_seen": tokens_seen, "last_loss": last_loss,
                                    "final": True})

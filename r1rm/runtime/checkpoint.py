@@ -178,6 +178,15 @@ def load_checkpoint(accelerator, ckpt: Path) -> dict:
     return json.loads((ckpt / STATE).read_text())
 
 
+def finished_before(out_dir: str | os.PathLike, ckpt: Path | None, *, step: int, resumed_at: int) -> bool:
+    """A rerun of a finished run: resumed from its final checkpoint with nothing left to train, and its
+    model and summary.json written. It returns without saving again — a rewrite would change the
+    model's stamp, and an eval of that model would then refuse to resume its generations."""
+    out = Path(out_dir)
+    return (ckpt is not None and step == resumed_at and json.loads((ckpt / STATE).read_text()).get("final", False)
+            and (out / "summary.json").is_file() and (out / "model").is_dir())
+
+
 def load_extra(ckpt: Path) -> dict | None:
     """What save_checkpoint's `extra` wrote, or None for a checkpoint without it."""
     import torch

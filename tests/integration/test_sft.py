@@ -73,6 +73,16 @@ def test_sft_lowers_loss_saves_loadable_checkpoints(cli, tiny, data, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 24 and summary["skipped_too_long"] == 0
     assert json.loads((out / "checkpoints" / "step-0000016" / "trainer_state.json").read_text())["step"] == 16
+    # the same command again: a finished run, nothing retrained or rewritten (an eval of the model resumes)
+    from r1rm.runtime.checkpoint import model_stamp
+
+    stamp, ckpt_mtime = model_stamp(str(out / "model")), (out / "checkpoints" / "step-0000024").stat().st_mtime_ns
+    proc = cli(*args(tiny, data, out, "sft.max_steps=24", "sft.save_every_steps=8", "sft.keep_last=2",
+                     "sft.batch_size=4", "sft.micro_batch_size=2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert model_stamp(str(out / "model")) == stamp and losses(out) == ls
+    assert (out / "checkpoints" / "step-0000024").stat().st_mtime_ns == ckpt_mtime
+    assert json.loads((out / "summary.json").read_text()) == summary
 
 
 def test_too_long_samples_are_skipped_and_counted_or_stop(cli, tiny, data, tmp_path):

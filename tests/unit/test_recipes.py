@@ -95,7 +95,7 @@ def test_make_demo_chains_its_recipes():
     abl = plan("ablation-stability", "-B")
     assert "tiny-model out/tiny4/model" in abl and "--base out/ablation/base" in abl
     assert "--base-model out/tiny4/model" in abl
-    assert "--base-min-strict 0.85 --base-max-strict 0.95" in abl and "--heads" not in abl
+    assert "--base-min-strict 0.80 --base-max-strict 0.95" in abl and "--heads" not in abl
     transfer = plan("transfer", "-B")
     assert "tiny-model out/tiny4/model" in transfer and "--heads" not in transfer
     assert "model.path=out/tiny4/model data.train=[out/transfer/image/train.jsonl]" in transfer
