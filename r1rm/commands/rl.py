@@ -380,7 +380,8 @@ def run(cfg: Config) -> dict:
             t_adv = time.perf_counter() - t_adv
 
             # ---- 5. policy updates
-            stats = {"clip_frac": 0.0, "ratio_max": 0.0, "loss_token_max": 0.0, "approx_kl": 0.0, "entropy": 0.0, "loss": 0.0,
+            stats = {"clip_frac": 0.0, "preclip_high_frac": 0.0, "preclip_low_frac": 0.0, "ratio_max": 0.0,
+                     "ratio_min": math.inf, "loss_token_max": 0.0, "approx_kl": 0.0, "entropy": 0.0, "loss": 0.0,
                      "micro": 0}
             grad_norm, grad_norm_max = None, None
             for ppo_epoch in range(rc.ppo_epochs):
@@ -427,7 +428,10 @@ def run(cfg: Config) -> dict:
                             stats["loss"] += float(loss.detach()) * scale
                             stats["micro"] += 1
                             stats["clip_frac"] += st["clip_frac"]
+                            stats["preclip_high_frac"] += st["preclip_high_frac"]
+                            stats["preclip_low_frac"] += st["preclip_low_frac"]
                             stats["ratio_max"] = max(stats["ratio_max"], st["ratio_max"])
+                            stats["ratio_min"] = min(stats["ratio_min"], st["ratio_min"])
                             stats["loss_token_max"] = max(stats["loss_token_max"], st["loss_token_max"])
                             stats["approx_kl"] += st["approx_kl"]
                             stats["entropy"] += float((ent.detach() * mm).sum() / mm.sum().clamp(min=1))
@@ -457,7 +461,8 @@ def run(cfg: Config) -> dict:
             local = [sum(totals), sum(fmt), sum(res), sum(cons), sum(typ), n_valid, float(parsed),
                      float(mask.sum()), float(dropped.sum()), float(kl.sum()) if kl is not None else 0.0,
                      stats["clip_frac"], stats["approx_kl"], stats["entropy"], float(max(stats["micro"], 1)), stats["loss"],
-                     float(sum(v for v, lab in zip(valid, labels, strict=True) if lab == 1))]
+                     float(sum(v for v, lab in zip(valid, labels, strict=True) if lab == 1)),
+                     stats["preclip_high_frac"], stats["preclip_low_frac"]]
             g_ = reduce_sum(local)
             nv, nt, nm = g_[5], max(g_[7], 1.0), g_[13]
             metrics = {
@@ -466,8 +471,11 @@ def run(cfg: Config) -> dict:
                 "parse_fail_rate": 1.0 - g_[6] / nv, "response_length": g_[7] / nv,
                 "rollout_samples": int(g_[5]), "label1_share": g_[15] / nv, "adv_filtered": g_[8] / nt, "kl_ref": g_[9] / nt if kl is not None else None,
                 "clip_frac": g_[10] / nm, "approx_kl": g_[11] / nm, "entropy": g_[12] / nm, "loss": g_[14] / acc.num_processes,
+                "preclip_high_frac": g_[16] / nm, "preclip_low_frac": g_[17] / nm,
                 "ratio_max": float(acc.reduce(torch.tensor(stats["ratio_max"], device=acc.device), reduction="max"))
                 if acc.num_processes > 1 else stats["ratio_max"],
+                "ratio_min": -float(acc.reduce(torch.tensor(-stats["ratio_min"], device=acc.device), reduction="max"))
+                if acc.num_processes > 1 else stats["ratio_min"],
                 "loss_token_max": float(acc.reduce(torch.tensor(stats["loss_token_max"], device=acc.device), reduction="max"))
                 if acc.num_processes > 1 else stats["loss_token_max"],
                 "grad_norm": None if grad_norm is None else float(grad_norm), "grad_norm_max": grad_norm_max, "lr": scheduler.get_last_lr()[0],

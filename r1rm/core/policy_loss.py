@@ -50,8 +50,10 @@ def clipped_policy_loss(
     Pre-CLIP (StableReinforce, `pre_clip_ratio`=10³ in the paper): the log-ratio is clamped to
     [−ln x, ln x] *before* exp, so a huge log-ratio cannot overflow. Without it, ρ = exp(logπ −
     logπ_old) as in plain PPO / REINFORCE++.
-    Stats: clip_frac (share of valid tokens where the clip binds), ratio_max (unclamped), approx_kl,
-    loss_token_max (largest |per-token loss|).
+    Stats: clip_frac (share of valid tokens where the clip binds), ratio_max / ratio_min (unclamped),
+    preclip_high_frac / preclip_low_frac (share of valid tokens whose log-ratio is past the Pre-CLIP
+    bound above / below: where it binds; 0 without Pre-CLIP), approx_kl, loss_token_max (largest
+    |per-token loss|).
     """
     eps_high = clip_eps_low if clip_eps_high is None else clip_eps_high
     log_ratio = logp - old_logp
@@ -71,6 +73,9 @@ def clipped_policy_loss(
         stats = {
             "clip_frac": float(clipped.sum() / n),
             "ratio_max": float(torch.exp(raw_log_ratio[m].max())) if m.any() else 1.0,
+            "ratio_min": float(torch.exp(raw_log_ratio[m].min())) if m.any() else 1.0,
+            "preclip_high_frac": float(((raw_log_ratio > bound) & m).sum() / n) if pre_clip_ratio is not None else 0.0,
+            "preclip_low_frac": float(((raw_log_ratio < -bound) & m).sum() / n) if pre_clip_ratio is not None else 0.0,
             "approx_kl": float(((-raw_log_ratio)[m]).mean()) if m.any() else 0.0,
             # the largest single loss term: the paper shows one of 19,930 without Pre-CLIP
             "loss_token_max": float(per_token.detach()[m].abs().max()) if m.any() else 0.0,

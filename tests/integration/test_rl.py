@@ -35,7 +35,8 @@ def rows(out: Path) -> list[dict]:
 
 
 METRIC_KEYS = {"reward", "reward_format", "reward_result", "reward_consistency", "accuracy", "parse_fail_rate",
-               "response_length", "entropy", "clip_frac", "adv_filtered", "ratio_max", "loss_token_max", "grad_norm",
+               "response_length", "entropy", "clip_frac", "adv_filtered", "ratio_max", "ratio_min", "preclip_high_frac",
+               "preclip_low_frac", "loss_token_max", "grad_norm",
                "skipped_updates", "time_rollout_s", "time_reward_s", "time_train_s", "lr"}
 
 

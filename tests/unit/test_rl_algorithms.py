@@ -147,6 +147,20 @@ def test_clipped_loss_hand_worked_and_pre_clip():
     assert not torch.isfinite(plain) and math.isinf(st["ratio_max"])
     safe, _ = clipped_policy_loss(huge, old, neg, mask, pre_clip_ratio=1e3)
     assert torch.isfinite(safe) and safe.item() == pytest.approx(1e3 / 3, rel=1e-4)
+    # where Pre-CLIP binds, either side: token 1 above 10^3, token 2 below 10^-3 (its term held constant)
+    both = torch.tensor([[200.0, -8.0, 0.0]])
+    adv2 = torch.tensor([[-1.0, 1.0, 1.0]])
+    lp2 = both.clone().requires_grad_(True)
+    loss2, st2 = clipped_policy_loss(lp2, old, adv2, mask, pre_clip_ratio=1e3)
+    assert st2["preclip_high_frac"] == pytest.approx(1 / 3) and st2["preclip_low_frac"] == pytest.approx(1 / 3)
+    assert st2["ratio_min"] == pytest.approx(math.exp(-8.0), rel=1e-4)
+    loss2.backward()
+    assert lp2.grad[0, 0] == 0 and lp2.grad[0, 1] == 0  # both clamped: no gradient
+    lp3 = both.clone().requires_grad_(True)
+    plain3, st3 = clipped_policy_loss(lp3, old, torch.tensor([[0.0, 1.0, 1.0]]), mask)
+    plain3.backward()
+    assert 0 < -lp3.grad[0, 1] < 1e-3  # without Pre-CLIP the fallen token keeps a tiny r·Â gradient
+    assert st3["preclip_high_frac"] == 0.0 and st3["preclip_low_frac"] == 0.0  # no Pre-CLIP: never binds
     # gradients flow only where the surrogate is not clipped
     lp = logp.clone().requires_grad_(True)
     clipped_policy_loss(lp, old, adv, mask)[0].backward()
