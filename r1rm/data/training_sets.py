@@ -84,10 +84,12 @@ def with_label_noise(items: list[Item], share: float) -> tuple[list[Item], int]:
     import dataclasses
     import hashlib
 
+    if share <= 0:  # the default: no hashing at every start
+        return list(items), 0
     out, flipped = [], 0
     for it in items:
         h = int.from_bytes(hashlib.sha256(f"label-noise:{it.rec.uid}".encode()).digest()[:8], "big") / 2**64
-        if share > 0 and it.rec.label is not None and h < share:
+        if it.rec.label is not None and h < share:
             it = dataclasses.replace(it, rec=dataclasses.replace(it.rec, label=3 - it.rec.label))
             flipped += 1
         out.append(it)
