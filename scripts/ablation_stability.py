@@ -21,6 +21,7 @@ import math
 import sys
 from pathlib import Path
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"  # build_base's synth / SFT / eval recipes
 VARIANTS = {
     "reinforce_pp": ["rl.algorithm=reinforce_pp"],
     "stable_no_filter": ["rl.algorithm=stable_reinforce", "rl.adv_filter=none"],
@@ -118,33 +119,38 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
 def build_base(base: Path, *, model: str, seeds: list[int], min_strict: float, max_strict: float = 1.0,
                overrides: list[str] = ()) -> list[str]:
     """The stress's start, built in `base`: the perfect teacher's synthetic data (data/) and an SFT
-    policy that solved it. The tiny model's SFT sometimes stays on a plateau — 0 % held-out strict,
-    naming the image's colour for both responses or always the same position — depending on its seed
-    and on the CPU's numerics (the same seed gave 100 % with two threads and 0 % with one on the
-    same machine), so SFT seeds are tried in order and the first whose held-out strict accuracy
-    lies in [`min_strict`, `max_strict`] is kept; base/base.json records every try (the
+    policy that learnt it. The tiny model's SFT sometimes stays on a plateau — 0 % held-out strict,
+    naming the image's colour for both responses or always the same position — depending on its
+    seed and on the CPU's numerics (the same seed gave 100 % with two threads and 0 % with one on
+    the same machine), so SFT seeds are tried in order and the first whose held-out strict accuracy
+    lies in [`min_strict`, `max_strict`] is kept; base/base.json records every try. (The
     saturated-reward stress needs a policy right nearly always but not always: a perfect one rolls
-    out no wrong sample, and every variant then runs the same zero-advantage steps). Each step resumes: a rerun
-    redoes nothing. `overrides` apply to the synth, SFT and eval runs alike (one schema). Returns the
-    overrides that point a run at the kept policy and the data."""
+    out no wrong sample, and every variant then runs the same zero-advantage steps.) Each step
+    resumes — a finished SFT returns its summary, after the usual check that its settings are
+    these — so a rerun redoes nothing. `overrides` apply to the synth, SFT and eval runs alike (one
+    schema). Returns the overrides that point a run at the kept policy and the data."""
     from r1rm.commands import eval as evaluate
     from r1rm.commands import sft, synth
     from r1rm.config import load_config
-    from r1rm.errors import R1RMError
+    from r1rm.errors import ConfigError, R1RMError
+
+    if not 0 <= min_strict <= max_strict <= 1:
+        raise ConfigError(f"--base-min-strict {min_strict} / --base-max-strict {max_strict} is not a window inside 0..1",
+                          fix="give 0 <= --base-min-strict <= --base-max-strict <= 1, e.g. 0.80 and 0.95")
+
+    def recipe(name: str, *extra: str):
+        return load_config(RECIPES / name, [*overrides, *extra, "runtime.progress=false"])
 
     data = base / "data"
     if not (data / "eval.jsonl").is_file():
-        synth.run(load_config("recipes/tiny/synth.yaml", [*overrides, f"output_dir={data}", "runtime.progress=false"]))
+        synth.run(recipe("synth.yaml", f"output_dir={data}"))
     train, held = data / "train.jsonl", data / "eval.jsonl"
     tried = []
     for seed in seeds:
         out = base / f"sft-seed-{seed}"
-        # a finished SFT is not loaded again
-        if not (out / "summary.json").is_file():
-            sft.run(load_config("recipes/tiny/sft.yaml", [*overrides, f"model.path={model}", f"data.train=[{train}]", f"output_dir={out}",
-                                                          f"seed={seed}", "runtime.progress=false"]))
-        m = evaluate.run(load_config("recipes/tiny/eval.yaml", [*overrides, f"data.eval=[{held}]", f"model.path={out / 'model'}",
-                                                                f"output_dir={out / 'heldout'}", "runtime.progress=false"]))
+        sft.run(recipe("sft.yaml", f"model.path={model}", f"data.train=[{train}]", f"output_dir={out}", f"seed={seed}"))
+        m = evaluate.run(recipe("eval.yaml", f"data.eval=[{held}]", f"model.path={out / 'model'}",
+                                f"output_dir={out / 'heldout'}"))
         strict = m["accuracy"]["both_orders_strict"]["overall"]
         tried.append({"seed": seed, "heldout_strict": strict})
         print(f"ablation base: SFT seed {seed}: held-out strict {strict:.2f}", flush=True)
@@ -155,8 +161,7 @@ def build_base(base: Path, *, model: str, seeds: list[int], min_strict: float, m
             return [f"model.path={out / 'model'}", f"data.train=[{train}]", f"data.eval=[{held}]"]
     got = ", ".join(f"{t['heldout_strict']:.2f}" for t in tried)
     raise R1RMError(f"no SFT seed of {seeds} reached held-out strict {min_strict:.2f}-{max_strict:.2f} for the "
-                    f"ablation's base "
-                    f"(got {got}; runs in {base})",
+                    f"ablation's base (got {got}; runs in {base})",
                     fix="try more seeds (--base-seeds 0 1 2 3 4 5) or another thread count (OMP_NUM_THREADS)")
 
 

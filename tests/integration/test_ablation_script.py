@@ -61,9 +61,13 @@ def test_base_keeps_the_first_sft_seed_that_solves_the_task_or_says_none_did(tin
            "--seeds", "0", "--base", str(base), "--base-seeds", "0", "1", *small]
     env = {**os.environ, "NO_COLOR": "1"}
     proc = subprocess.run([*cmd, "--base-min-strict", "1.01"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)  # an empty window: refused before anything is built
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "is not a window inside 0..1" in proc.stderr and not base.exists()
+    proc = subprocess.run([*cmd, "--base-min-strict", "0.5"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert "no SFT seed of [0, 1] reached held-out strict 1.01-1.00" in proc.stderr and "got 0.00, 0.00" in proc.stderr
+    assert "no SFT seed of [0, 1] reached held-out strict 0.50-1.00" in proc.stderr and "got 0.00, 0.00" in proc.stderr
     assert not (base / "base.json").exists() and not out.exists()
     assert (base / "sft-seed-1" / "heldout" / "metrics.json").is_file()
 
