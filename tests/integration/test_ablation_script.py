@@ -34,11 +34,15 @@ def test_ablation_runs_resumes_and_refuses_another_lr(tiny, tmp_path):
     assert "| stable_reinforce | 1 |" in (out / "summary.md").read_text()
     assert (out / "stability.png").stat().st_size > 0
     rows = (run / "metrics.jsonl").read_text()
+    from r1rm.runtime.checkpoint import model_stamp
 
-    # rerun: the finished run is resumed, not redone (its metrics keep their one row)
+    stamp = model_stamp(str(run / "model"))
+
+    # rerun: the finished run is resumed, not redone (its metrics keep their one row, its model is
+    # not rewritten: an eval of it would otherwise refuse to resume)
     proc = ablation(tiny, train, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (run / "metrics.jsonl").read_text() == rows
+    assert (run / "metrics.jsonl").read_text() == rows and model_stamp(str(run / "model")) == stamp
 
     # the same folder with another lr: refused before anything is written, no traceback
     before = (run / "config.yaml").read_bytes()
