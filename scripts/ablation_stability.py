@@ -141,9 +141,10 @@ def build_base(base: Path, *, model: str, seeds: list[int], min_strict: float, m
     def recipe(name: str, *extra: str):
         return load_config(RECIPES / name, [*overrides, *extra, "runtime.progress=false"])
 
+    # regenerated every time (4 s, the same bytes for the same settings): data made with other
+    # --base-set settings then differs, and SFT's resume refuses it (exit 2) instead of reusing it
     data = base / "data"
-    if not (data / "eval.jsonl").is_file():
-        synth.run(recipe("synth.yaml", f"output_dir={data}"))
+    synth.run(recipe("synth.yaml", f"output_dir={data}"))
     train, held = data / "train.jsonl", data / "eval.jsonl"
     tried = []
     for seed in seeds:

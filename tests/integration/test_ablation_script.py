@@ -82,3 +82,11 @@ def test_base_keeps_the_first_sft_seed_that_solves_the_task_or_says_none_did(tin
     assert record["seed"] == 0 and record["tried"] == [{"seed": 0, "heldout_strict": 0.0}] and record["max_strict"] == 1
     run_cfg = (out / "stable_reinforce" / "seed-0" / "config.yaml").read_text()
     assert f"{base / 'sft-seed-0' / 'model'}" in run_cfg and f"{base / 'data' / 'train.jsonl'}" in run_cfg
+
+    # the same base folder with other synth settings: the data is regenerated, and the finished
+    # SFT made from the old data refuses to be reused (exit 2, naming the data change)
+    other = [x if x != "data.synthetic.n=8" else "data.synthetic.n=10" for x in cmd]
+    proc = subprocess.run([*other, "--base-min-strict", "0"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "data.train.sha256" in proc.stderr and "other settings" in proc.stderr
