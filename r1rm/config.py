@@ -248,6 +248,16 @@ class RLConfig(OptimConfig):
         "DeepSpeed. 0 = on-policy rollouts."
     )
 
+    stress_logprob_mismatch: float = Field(
+        0.0, ge=0, le=1, description="Stress tests only: this share of the response tokens get old log-probs off by a gap "
+        "drawn uniformly from ±rl.stress_logprob_gap_max nats (seeded by seed and step), as if the old log-probs came "
+        "from an inference engine that disagrees with the trainer on rare tokens: ratios far from 1 before any update, "
+        "the overflow Pre-CLIP bounds. 0 = none."
+    )
+    stress_logprob_gap_max: float = Field(
+        14.0, gt=0, description="rl.stress_logprob_mismatch: the largest gap in nats (14: ratios up to ~1.2e6)."
+    )
+
     @property
     def samples_per_item(self) -> int:
         """Responses sampled per RL item in a rollout: n, twice that with both_orders."""

@@ -166,6 +166,43 @@ def build_base(base: Path, *, model: str, seeds: list[int], min_strict: float, m
                     fix="try more seeds (--base-seeds 0 1 2 3 4 5) or another thread count (OMP_NUM_THREADS)")
 
 
+def run_parallel(plan: list[tuple[str, int, Path]], *, recipe: str, overrides, jobs: int) -> None:
+    """Each run of `plan` as an `r1rm rl` process on one CPU thread, `jobs` at once; its output goes to
+    <run>/rl.log. A run that fails stops the rest (those started finish) and is reported with its
+    log's last lines, exit 2 for a user error as `r1rm` gives it."""
+    import os
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    from r1rm.errors import EXIT_USER_ERROR, R1RMError
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    failed: list[tuple[int, str]] = []
+
+    def one(job: tuple[str, int, Path]) -> None:
+        name, seed, out = job
+        if failed:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "rl.log", "ab") as log:
+            rc = subprocess.run([sys.executable, "-c", "from r1rm.cli import main; main()", "rl", "--recipe", str(recipe),
+                                 *overrides(name, seed, out)], env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        tail = (out / "rl.log").read_text(errors="replace").strip().splitlines()[-8:]
+        if rc:
+            failed.append((rc, f"{name} seed {seed} exited {rc}:\n  " + "\n  ".join(tail)))
+        else:
+            print(f"ablation: {name} seed {seed} done ({out})", flush=True)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(one, plan))
+    if failed:
+        what = "a run of the ablation failed: " + "; ".join(msg for _, msg in failed)
+        if all(rc == EXIT_USER_ERROR for rc, _ in failed):  # refused settings or data: the user's to fix
+            raise R1RMError(what, fix="see that run's rl.log")
+        print(f"error: {what}", file=sys.stderr)  # a crash: its traceback is in the log
+        sys.exit(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipe", default="recipes/tiny/ablation_stability.yaml")
@@ -177,29 +214,42 @@ def main() -> None:
     ap.add_argument("--base-min-strict", type=float, default=0.85, help="--base: held-out strict accuracy to reach")
     ap.add_argument("--base-max-strict", type=float, default=1.0, help="--base: held-out strict accuracy not to pass")
     ap.add_argument("--base-set", nargs="*", default=[], help="--base: overrides for its synth / SFT / eval runs")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at once; above 1 each is an `r1rm rl` process on one CPU thread (OMP_NUM_THREADS=1), "
+                         "so its numbers do not depend on the machine's core count; 1: in this process, default threads")
     ap.add_argument("overrides", nargs="*", help="dotted overrides applied to every variant")
     a = ap.parse_args()
 
     from r1rm.commands import rl
     from r1rm.config import load_config
+    from r1rm.errors import ConfigError
 
     if a.base is not None:
         a.overrides = [*build_base(a.base, model=a.base_model, seeds=a.base_seeds, min_strict=a.base_min_strict,
                                    max_strict=a.base_max_strict, overrides=a.base_set),
                        *a.overrides]
+    if a.jobs < 1:
+        raise ConfigError(f"--jobs {a.jobs} runs nothing", fix="give --jobs 1 or more")
     base = load_config(a.recipe, a.overrides)
     root = Path(base.output_dir)
+    plan = [(name, seed, root / name / f"seed-{seed}") for name in VARIANTS if not a.only or name in a.only
+            for seed in a.seeds]
+
+    def run_overrides(name: str, seed: int, out: Path) -> list[str]:
+        # resume checks the run's identity first: a finished run costs a model load, another run refuses
+        return [*a.overrides, *VARIANTS[name], f"seed={seed}", f"output_dir={out}", "runtime.progress=false",
+                "runtime.resume=true"]
+
+    for name, seed, out in plan:  # every run's settings validated before any starts
+        load_config(a.recipe, run_overrides(name, seed, out))
+    if a.jobs == 1:
+        for name, seed, out in plan:
+            rl.run(load_config(a.recipe, run_overrides(name, seed, out)))
+    else:
+        run_parallel(plan, recipe=a.recipe, overrides=run_overrides, jobs=a.jobs)
     runs: dict[str, dict[int, list[dict]]] = {}
-    for name, extra in VARIANTS.items():
-        if a.only and name not in a.only:
-            continue
-        for seed in a.seeds:
-            out = root / name / f"seed-{seed}"
-            metrics = out / "metrics.jsonl"
-            # resume checks the run's identity first: a finished run costs a model load, another run refuses
-            rl.run(load_config(a.recipe, [*a.overrides, *extra, f"seed={seed}", f"output_dir={out}",
-                                          "runtime.progress=false", "runtime.resume=true"]))
-            runs.setdefault(name, {})[seed] = [json.loads(x) for x in metrics.read_text().splitlines()]
+    for name, seed, out in plan:
+        runs.setdefault(name, {})[seed] = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     per_seed = {name: {seed: summarise(rows) for seed, rows in seeds.items()} for name, seeds in runs.items()}
     table = {name: aggregate(seeds) for name, seeds in per_seed.items()}
     (root / "summary.json").write_text(json.dumps({"variants": table, "runs": per_seed}, indent=2) + "\n")

@@ -112,7 +112,7 @@ def run(cfg: Config) -> dict:
     )
     from r1rm.core.metrics import improved_best
     from r1rm.core.parsing import extract_answer
-    from r1rm.core.policy_loss import aggregate, clipped_policy_loss, kl_estimate
+    from r1rm.core.policy_loss import aggregate, clipped_policy_loss, engine_logprob_gaps, kl_estimate
     from r1rm.core.rewards import combine, format_reward, result_reward, type_reward
     from r1rm.core.schedules import lr_multiplier
     from r1rm.data.chat import record_messages
@@ -365,6 +365,12 @@ def run(cfg: Config) -> dict:
             mask = stack(masks)
             refs = stack(ref_lp) if ref is not None else None
             kl = kl_estimate(old, refs, kind=rc.kl_estimator) * mask if refs is not None else None
+            # rl.stress_logprob_mismatch: old log-probs off by rare large gaps (an engine that disagrees
+            # with the trainer); seeded by seed, step and process, so a resumed run draws the same
+            gaps = engine_logprob_gaps(
+                mask, share=rc.stress_logprob_mismatch, max_gap=rc.stress_logprob_gap_max,
+                generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 7_919 + acc.process_index),
+            ) if rc.stress_logprob_mismatch else None
 
             # ---- 4. advantages
             t_adv = time.perf_counter()
@@ -410,6 +416,8 @@ def run(cfg: Config) -> dict:
                             w = lp.shape[1]
                             mm = mask[ids][:, :w]
                             old_ids = lp.detach() if on_policy else old[ids][:, :w]
+                            if gaps is not None:
+                                old_ids = old_ids - gaps[ids][:, :w]
                             loss, st = clipped_policy_loss(lp, old_ids, adv[ids][:, :w], mm,
                                                            clip_eps_low=rc.clip_eps, clip_eps_high=rc.clip_eps_high,
                                                            pre_clip_ratio=pre_clip_ratio, agg=rc.loss_agg)

@@ -81,3 +81,15 @@ def clipped_policy_loss(
             "loss_token_max": float(per_token.detach()[m].abs().max()) if m.any() else 0.0,
         }
     return loss, stats
+
+
+def engine_logprob_gaps(mask: torch.Tensor, *, share: float, max_gap: float, generator: torch.Generator) -> torch.Tensor:
+    """A (B, T) tensor of log-prob gaps between a rollout engine and the trainer, for the stress
+    `rl.stress_logprob_mismatch`: about `share` of the valid tokens get a gap drawn uniformly from
+    [−max_gap, max_gap] nats, every other token 0. Subtracted from the old log-probs, a positive
+    gap is a token the engine scored lower than the trainer does (ratio e^gap before any update) —
+    the rare, large trainer/engine disagreements of mixed-precision inference engines that the
+    old log-probs of such an engine carry into the ratio, and that Pre-CLIP bounds."""
+    hit = (torch.rand(mask.shape, generator=generator) < share) & mask.bool().cpu()
+    gaps = (torch.rand(mask.shape, generator=generator) * 2.0 - 1.0) * max_gap
+    return (gaps * hit).to(mask.device, torch.float32)

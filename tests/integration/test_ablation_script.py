@@ -10,12 +10,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def ablation(tiny, train, out, *extra):
+def ablation(tiny, train, out, *extra, tail=("--only", "stable_reinforce", "--seeds", "0")):
     cmd = [sys.executable, "scripts/ablation_stability.py", f"model.path={tiny}", f"data.train=[{train}]",
            f"data.eval=[{train}]", f"output_dir={out}", "rl.max_steps=1", "rl.rollout_batch_size=2",
            "rl.n_samples_per_prompt=2", "rl.train_batch_size=8", "rl.micro_batch_size=2", "rl.max_new_tokens=8",
-           "rl.eval_every_steps=1", "rl.eval_limit=2", "runtime.tensorboard=false", *extra,
-           "--only", "stable_reinforce", "--seeds", "0"]
+           "rl.eval_every_steps=1", "rl.eval_limit=2", "runtime.tensorboard=false", *extra, *tail]
     env = {**os.environ, "NO_COLOR": "1"}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
@@ -50,6 +49,32 @@ def test_ablation_runs_resumes_and_refuses_another_lr(tiny, tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "rl.lr:" in proc.stderr and "other settings" in proc.stderr
     assert (run / "config.yaml").read_bytes() == before and (run / "metrics.jsonl").read_text() == rows
+
+
+def test_parallel_runs_each_in_its_own_process_and_refuse_another_lr(tiny, tmp_path):
+    """--jobs 2: two `r1rm rl` processes at once, one CPU thread each, output in each run's rl.log;
+    the table covers both; a rerun with another lr is refused (exit 2, the run's message, no
+    traceback) and leaves the runs as they were."""
+    from r1rm.data.synthetic import write_dataset
+
+    train = write_dataset(tmp_path / "data", 4, seed=3, levels=(1,), modality="image", prefix="train")
+    out = tmp_path / "abl"
+    par = ("--only", "reinforce_pp", "--seeds", "0", "1", "--jobs", "2")
+    proc = ablation(tiny, train, out, tail=par)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["variants"]["reinforce_pp"]["seeds"] == 2
+    assert proc.stdout.count("ablation: reinforce_pp seed") == 2
+    for seed in (0, 1):
+        run = out / "reinforce_pp" / f"seed-{seed}"
+        assert "rl done: 1 rollout steps" in (run / "rl.log").read_text()
+    rows = (out / "reinforce_pp" / "seed-0" / "metrics.jsonl").read_text()
+    proc = ablation(tiny, train, out, "rl.lr=0.9", tail=par)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "rl.lr:" in proc.stderr and "other settings" in proc.stderr
+    assert (out / "reinforce_pp" / "seed-0" / "metrics.jsonl").read_text() == rows
+    proc = ablation(tiny, train, out, tail=(*par[:-1], "0"))
+    assert proc.returncode == 2 and "--jobs 0" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_base_keeps_the_first_sft_seed_that_solves_the_task_or_says_none_did(tiny, tmp_path):

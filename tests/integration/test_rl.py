@@ -314,3 +314,16 @@ def test_stale_rollouts_start_off_policy_and_resume_exactly(cli, tiny, data, tmp
     proc = cli(*args(tiny, data, tmp_path / "ds", *one_update, "rl.stress_rollout_lag=1",
                      "runtime.deepspeed=recipes/deepspeed/zero2.json"))
     assert proc.returncode == 2 and "stress_rollout_lag" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_engine_logprob_mismatch_puts_ratios_past_the_pre_clip_bound(cli, tiny, data, tmp_path):
+    """rl.stress_logprob_mismatch: with one update per rollout the old log-probs are the update
+    pass's own (ratio exactly 1, the lag test's on-policy run), so every ratio past 10^3 here comes
+    from the injected engine/trainer gaps — and Pre-CLIP reports binding on those tokens."""
+    out = tmp_path / "mismatch"
+    proc = cli(*args(tiny, data, out, "rl.train_batch_size=16", "rl.max_steps=1", "rl.stress_logprob_mismatch=0.2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = rows(out)[0]
+    assert r["ratio_max"] > 1e3 and r["ratio_min"] < 1e-3
+    assert r["preclip_high_frac"] > 0 and r["preclip_low_frac"] > 0
+    assert r["preclip_high_frac"] + r["preclip_low_frac"] < 0.2  # only mismatched tokens, a share of them

@@ -19,7 +19,7 @@ from r1rm.core.advantages import (
     rloo_advantages,
     token_rewards,
 )
-from r1rm.core.policy_loss import aggregate, clipped_policy_loss, kl_estimate
+from r1rm.core.policy_loss import aggregate, clipped_policy_loss, engine_logprob_gaps, kl_estimate
 
 
 def test_token_rewards_and_returns_hand_worked():
@@ -165,3 +165,29 @@ def test_clipped_loss_hand_worked_and_pre_clip():
     lp = logp.clone().requires_grad_(True)
     clipped_policy_loss(lp, old, adv, mask)[0].backward()
     assert lp.grad[0, 0] == 0 and lp.grad[0, 1] != 0 and lp.grad[0, 2] != 0
+
+
+def test_engine_logprob_gaps_share_range_mask_and_seed():
+    """rl.stress_logprob_mismatch: about `share` of the valid tokens get a gap in ±max_gap, padding
+    none; the same seed draws the same gaps (a resumed run), another seed others."""
+    mask = torch.ones(64, 200)
+    mask[:, 150:] = 0  # padding
+
+    def draw(seed: int) -> torch.Tensor:
+        return engine_logprob_gaps(mask, share=0.05, max_gap=14.0, generator=torch.Generator().manual_seed(seed))
+
+    g = draw(3)
+    hit = g != 0
+    assert not hit[:, 150:].any()
+    assert 0.04 < hit.sum().item() / mask.sum().item() < 0.06
+    assert g.abs().max().item() <= 14.0 and g.max().item() > 10 and g.min().item() < -10
+    assert torch.equal(g, draw(3)) and not torch.equal(g, draw(4))
+    # through the loss: a gap past ln 10^3 on a negative-advantage token is a term of e^gap·|Â|
+    # without Pre-CLIP and no gradient with it
+    lp = torch.zeros(1, 2, requires_grad=True)
+    old = torch.zeros(1, 2) - torch.tensor([[10.0, 0.0]])
+    adv, m = torch.tensor([[-1.0, -1.0]]), torch.ones(1, 2)
+    _, st = clipped_policy_loss(lp, old, adv, m)
+    assert st["loss_token_max"] == pytest.approx(math.exp(10.0), rel=1e-4)
+    clipped_policy_loss(lp, old, adv, m, pre_clip_ratio=1e3)[0].backward()
+    assert lp.grad[0, 0] == 0 and lp.grad[0, 1] != 0
