@@ -249,14 +249,21 @@ class RLConfig(OptimConfig):
     )
 
     stress_logprob_mismatch: float = Field(
-        0.0, ge=0, le=1, description="Stress tests only: this share of the response tokens get old log-probs off by a gap "
-        "drawn uniformly from ±rl.stress_logprob_gap_max nats (seeded by seed and step), as if the old log-probs came "
-        "from an inference engine that disagrees with the trainer on rare tokens: ratios far from 1 before any update, "
-        "the overflow Pre-CLIP bounds. 0 = none."
+        0.0, ge=0, le=1, description="Stress tests only: this share of the response tokens get old log-probs off by "
+        "±rl.stress_logprob_gap nats (sign at random; seeded by seed and step), as if the old log-probs came from an "
+        "inference engine that disagrees with the trainer on rare tokens: ratios far from 1 before any update, the "
+        "overflow Pre-CLIP bounds. 0 = none."
     )
-    stress_logprob_gap_max: float = Field(
-        14.0, gt=0, description="rl.stress_logprob_mismatch: the largest gap in nats (14: ratios up to ~1.2e6)."
+    stress_logprob_gap: float = Field(
+        12.0, gt=0, description="rl.stress_logprob_mismatch: the gap in nats (12: ratios of e^±12, about 1.6e5 and "
+        "6e-6, past Pre-CLIP's 10^3 bound)."
     )
+    stress_reward_outliers: float = Field(
+        0.0, ge=0, le=1, description="Stress tests only: this share of the rollout samples (seeded by seed and step) "
+        "are trained on the reward rl.stress_outlier_reward instead of theirs — rewards far outside the batch's, whose "
+        "advantages lie far outside 3 sigma: what the advantage filter drops. Metrics report the true rewards. 0 = none."
+    )
+    stress_outlier_reward: float = Field(-10.0, description="rl.stress_reward_outliers: the reward those samples get.")
 
     @property
     def samples_per_item(self) -> int:

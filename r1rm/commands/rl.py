@@ -109,6 +109,7 @@ def run(cfg: Config) -> dict:
         masked_moments,
         moments_to_mean_std,
         raw_advantages,
+        with_reward_outliers,
     )
     from r1rm.core.metrics import improved_best
     from r1rm.core.parsing import extract_answer
@@ -368,19 +369,25 @@ def run(cfg: Config) -> dict:
             # rl.stress_logprob_mismatch: old log-probs off by rare large gaps (an engine that disagrees
             # with the trainer); seeded by seed, step and process, so a resumed run draws the same
             gaps = engine_logprob_gaps(
-                mask, share=rc.stress_logprob_mismatch, max_gap=rc.stress_logprob_gap_max,
+                mask, share=rc.stress_logprob_mismatch, gap=rc.stress_logprob_gap,
                 generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 7_919 + acc.process_index),
             ) if rc.stress_logprob_mismatch else None
 
             # ---- 4. advantages
             t_adv = time.perf_counter()
-            reward_t = torch.tensor(totals, device=acc.device)
+            trained = totals
+            if rc.stress_reward_outliers:  # rl.stress_reward_outliers: rewards far off the batch's, for training only
+                trained, n_out = with_reward_outliers(
+                    totals, valid, share=rc.stress_reward_outliers, value=rc.stress_outlier_reward,
+                    generator=torch.Generator().manual_seed(cfg.seed * 1_000_033 + step * 7_907 + acc.process_index))
+                counters["stress_reward_outliers"] = counters.get("stress_reward_outliers", 0) + n_out
+            reward_t = torch.tensor(trained, device=acc.device)
             raw = raw_advantages(rc.algorithm, reward_t, mask, kl=kl if rc.kl_in == "reward" else None,
                                  kl_coef=rc.kl_coef, group_size=n, scale_std=rc.grpo_scale_std)
             mean, std = 0.0, 1.0
             if batch_normalised(rc.algorithm):
                 mean, std = moments_to_mean_std(acc.reduce(masked_moments(raw, mask), reduction="sum"))
-            rsum, rcount = reduce_sum([sum(totals), sum(valid)])
+            rsum, rcount = reduce_sum([sum(trained), sum(valid)])
             adv, dropped = finish_advantages(rc.algorithm, raw, mask, mean=mean, std=std, adv_filter=adv_filter,
                                              sigma=rc.adv_filter_sigma, raw_reward_mean=rsum / max(rcount, 1.0))
             t_adv = time.perf_counter() - t_adv

@@ -183,3 +183,14 @@ def finish_advantages(algorithm: str, raw: torch.Tensor, mask: torch.Tensor, *, 
     if adv_filter != "none":
         raise ValueError(f"unknown advantage filter {adv_filter!r}")
     return adv, torch.zeros_like(mask, dtype=torch.bool)
+
+
+def with_reward_outliers(rewards: list[float], valid: list[float], *, share: float, value: float,
+                         generator: torch.Generator) -> tuple[list[float], int]:
+    """The stress `rl.stress_reward_outliers`: about `share` of the valid samples get the reward
+    `value` instead of theirs (a reward far outside the others: a judge or penalty glitch, or the
+    one wrong answer of an almost-all-right batch), so their batch-normalised advantages lie far
+    outside 3σ — what the advantage filter drops. Returns the rewards and how many were replaced."""
+    hit = (torch.rand(len(rewards), generator=generator) < share).tolist()
+    out = [value if h and v else r for r, h, v in zip(rewards, hit, valid, strict=True)]
+    return out, sum(1 for h, v in zip(hit, valid, strict=True) if h and v)

@@ -83,13 +83,14 @@ def clipped_policy_loss(
     return loss, stats
 
 
-def engine_logprob_gaps(mask: torch.Tensor, *, share: float, max_gap: float, generator: torch.Generator) -> torch.Tensor:
+
+def engine_logprob_gaps(mask: torch.Tensor, *, share: float, gap: float, generator: torch.Generator) -> torch.Tensor:
     """A (B, T) tensor of log-prob gaps between a rollout engine and the trainer, for the stress
-    `rl.stress_logprob_mismatch`: about `share` of the valid tokens get a gap drawn uniformly from
-    [−max_gap, max_gap] nats, every other token 0. Subtracted from the old log-probs, a positive
-    gap is a token the engine scored lower than the trainer does (ratio e^gap before any update) —
-    the rare, large trainer/engine disagreements of mixed-precision inference engines that the
-    old log-probs of such an engine carry into the ratio, and that Pre-CLIP bounds."""
+    `rl.stress_logprob_mismatch`: about `share` of the valid tokens get a gap of ±`gap` nats (the
+    sign at random), every other token 0. Subtracted from the old log-probs, +gap is a token the
+    engine scored e^gap times less likely than the trainer does (ratio e^gap before any update),
+    −gap the reverse — the rare, large trainer/engine disagreements that old log-probs taken from
+    an inference engine carry into the ratio, and that Pre-CLIP bounds."""
     hit = (torch.rand(mask.shape, generator=generator) < share) & mask.bool().cpu()
-    gaps = (torch.rand(mask.shape, generator=generator) * 2.0 - 1.0) * max_gap
-    return (gaps * hit).to(mask.device, torch.float32)
+    sign = torch.where(torch.rand(mask.shape, generator=generator) < 0.5, -1.0, 1.0)
+    return (sign * gap * hit).to(mask.device, torch.float32)

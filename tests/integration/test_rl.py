@@ -2,6 +2,7 @@
 reference model, a model consistency judge that fails, checkpoints and exact resume."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -316,14 +317,21 @@ def test_stale_rollouts_start_off_policy_and_resume_exactly(cli, tiny, data, tmp
     assert proc.returncode == 2 and "stress_rollout_lag" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_engine_logprob_mismatch_puts_ratios_past_the_pre_clip_bound(cli, tiny, data, tmp_path):
+
+def test_stress_faults_reach_the_loss_and_the_metrics_stay_true(cli, tiny, data, tmp_path):
     """rl.stress_logprob_mismatch: with one update per rollout the old log-probs are the update
     pass's own (ratio exactly 1, the lag test's on-policy run), so every ratio past 10^3 here comes
-    from the injected engine/trainer gaps — and Pre-CLIP reports binding on those tokens."""
-    out = tmp_path / "mismatch"
-    proc = cli(*args(tiny, data, out, "rl.train_batch_size=16", "rl.max_steps=1", "rl.stress_logprob_mismatch=0.2"))
+    from the injected engine/trainer gaps (±12 nats), and Pre-CLIP reports binding on those tokens
+    alone. rl.stress_reward_outliers: the replaced samples' advantages are what the filter drops,
+    while the logged reward stays the true one (the untrained model earns 0, never -10)."""
+    out = tmp_path / "faults"
+    proc = cli(*args(tiny, data, out, "rl.train_batch_size=16", "rl.max_steps=2", "rl.stress_logprob_mismatch=0.2",
+                     "rl.stress_reward_outliers=0.1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r = rows(out)[0]
-    assert r["ratio_max"] > 1e3 and r["ratio_min"] < 1e-3
-    assert r["preclip_high_frac"] > 0 and r["preclip_low_frac"] > 0
-    assert r["preclip_high_frac"] + r["preclip_low_frac"] < 0.2  # only mismatched tokens, a share of them
+    r = rows(out)
+    assert all(x["ratio_max"] == pytest.approx(math.exp(12.0), rel=1e-3) for x in r)
+    assert all(x["ratio_min"] == pytest.approx(math.exp(-12.0), rel=1e-3) for x in r)
+    assert all(0 < x["preclip_high_frac"] < 0.2 and 0 < x["preclip_low_frac"] < 0.2 for x in r)
+    assert all(x["reward"] >= 0 for x in r)
+    assert json.loads((out / "summary.json").read_text())["stress_reward_outliers"] == r[-1]["stress_reward_outliers"] > 0
+    assert sum(x["adv_filtered"] for x in r) > 0

@@ -18,6 +18,7 @@ from r1rm.core.advantages import (
     returns_to_go,
     rloo_advantages,
     token_rewards,
+    with_reward_outliers,
 )
 from r1rm.core.policy_loss import aggregate, clipped_policy_loss, engine_logprob_gaps, kl_estimate
 
@@ -167,20 +168,21 @@ def test_clipped_loss_hand_worked_and_pre_clip():
     assert lp.grad[0, 0] == 0 and lp.grad[0, 1] != 0 and lp.grad[0, 2] != 0
 
 
-def test_engine_logprob_gaps_share_range_mask_and_seed():
-    """rl.stress_logprob_mismatch: about `share` of the valid tokens get a gap in ±max_gap, padding
-    none; the same seed draws the same gaps (a resumed run), another seed others."""
+
+def test_engine_logprob_gaps_share_sign_mask_and_seed():
+    """rl.stress_logprob_mismatch: about `share` of the valid tokens get a gap of ±gap (both signs),
+    padding none; the same seed draws the same gaps (a resumed run), another seed others."""
     mask = torch.ones(64, 200)
     mask[:, 150:] = 0  # padding
 
     def draw(seed: int) -> torch.Tensor:
-        return engine_logprob_gaps(mask, share=0.05, max_gap=14.0, generator=torch.Generator().manual_seed(seed))
+        return engine_logprob_gaps(mask, share=0.05, gap=12.0, generator=torch.Generator().manual_seed(seed))
 
     g = draw(3)
     hit = g != 0
     assert not hit[:, 150:].any()
     assert 0.04 < hit.sum().item() / mask.sum().item() < 0.06
-    assert g.abs().max().item() <= 14.0 and g.max().item() > 10 and g.min().item() < -10
+    assert set(g[hit].tolist()) == {12.0, -12.0} and 0.4 < (g > 0).sum().item() / hit.sum().item() < 0.6
     assert torch.equal(g, draw(3)) and not torch.equal(g, draw(4))
     # through the loss: a gap past ln 10^3 on a negative-advantage token is a term of e^gap·|Â|
     # without Pre-CLIP and no gradient with it
@@ -191,3 +193,24 @@ def test_engine_logprob_gaps_share_range_mask_and_seed():
     assert st["loss_token_max"] == pytest.approx(math.exp(10.0), rel=1e-4)
     clipped_policy_loss(lp, old, adv, m, pre_clip_ratio=1e3)[0].backward()
     assert lp.grad[0, 0] == 0 and lp.grad[0, 1] != 0
+
+
+def test_reward_outliers_replace_a_share_of_valid_samples_and_the_filter_drops_them():
+    """rl.stress_reward_outliers: about `share` of the valid samples get `value`; invalid ones
+    never; seeded. Their normalised advantages lie beyond 3σ, so the paper's filter zeroes them."""
+    n = 4000
+    rewards, valid = [2.0 if k % 5 else 0.5 for k in range(n)], [0.0 if k % 50 == 0 else 1.0 for k in range(n)]
+
+    def draw(seed: int):
+        return with_reward_outliers(rewards, valid, share=0.01, value=-10.0,
+                                    generator=torch.Generator().manual_seed(seed))
+
+    out, k = draw(1)
+    hit = [i for i in range(n) if out[i] != rewards[i]]
+    assert k == len(hit) and 20 < k < 60 and all(out[i] == -10.0 and valid[i] for i in hit)
+    assert draw(1) == (out, k) and draw(2)[0] != out
+    mask = torch.ones(n, 1)
+    raw = raw_advantages("stable_reinforce", torch.tensor(out), mask)
+    mean, std = moments_to_mean_std(masked_moments(raw, mask))
+    adv, dropped = finish_advantages("stable_reinforce", raw, mask, mean=mean, std=std, adv_filter="paper", sigma=3.0)
+    assert all(adv[i, 0] == 0 for i in hit) and int(dropped.sum()) == k
