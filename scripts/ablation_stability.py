@@ -83,6 +83,38 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def plot_seeds(per_seed: dict[str, dict[int, dict]], path: Path) -> None:
+    """Every run at a glance: held-out strict accuracy after the last step and the run's largest
+    gradient norm, one column per variant, one point per seed (a cross: a collapsed run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, g) = plt.subplots(1, 2, figsize=(11, 3.6))
+    names = list(per_seed)
+    for x, name in enumerate(names):
+        for k, (seed, r) in enumerate(sorted(per_seed[name].items())):
+            dx = (k - (len(per_seed[name]) - 1) / 2) * 0.08
+            mark = "x" if collapsed(r) else "o"
+            acc = r.get("heldout_strict")
+            if acc is not None:
+                a.scatter(x + dx, acc, marker=mark, color=f"C{x}")
+                a.annotate(str(seed), (x + dx, acc), fontsize=6, xytext=(2, 2), textcoords="offset points")
+            gn = r["grad_norm_max"]
+            if gn is not None and math.isfinite(gn) and gn > 0:
+                g.scatter(x + dx, gn, marker=mark, color=f"C{x}")
+    for ax in (a, g):
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+    a.set_ylabel("held-out strict after the last step")
+    a.set_ylim(-0.05, 1.05)
+    g.set_yscale("log")
+    g.set_ylabel("largest gradient norm of the run")
+    a.set_title("x collapsed (over half the outputs unparseable), o not; labels: seed", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def collapsed(s: dict) -> bool:
     """A run that ended writing unparseable verdicts: over half its last rollouts (sampled) or over
     half the held-out answers (greedy) unreadable."""
@@ -260,6 +292,7 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     (root / "summary.md").write_text("\n".join(lines) + "\n")
     plot({name: seeds[min(seeds)] for name, seeds in runs.items()}, root / "stability.png")
+    plot_seeds(per_seed, root / "stability_seeds.png")
     print("\n".join(lines))
 
 

@@ -31,7 +31,7 @@ def test_ablation_runs_resumes_and_refuses_another_lr(tiny, tmp_path):
     assert summary["runs"]["stable_reinforce"]["0"]["steps"] == 1
     assert summary["variants"]["stable_reinforce"]["seeds"] == 1
     assert "| stable_reinforce | 1 |" in (out / "summary.md").read_text()
-    assert (out / "stability.png").stat().st_size > 0
+    assert (out / "stability.png").stat().st_size > 0 and (out / "stability_seeds.png").stat().st_size > 0
     rows = (run / "metrics.jsonl").read_text()
     from r1rm.runtime.checkpoint import model_stamp
 
