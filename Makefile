@@ -116,11 +116,12 @@ transfer: $(BASE4)/model/config.json
 	for m in image_only text_sft text_then_image text_caption text_caption_image; do \
 	  $(R1RM) eval --recipe recipes/tiny/eval.yaml model.path=$(TR)/$$m/model data.eval=[$(TR)/image/eval.jsonl] output_dir=$(TR)/eval_$$m || exit 1; done
 
-# R1-Reward Table 6 in miniature: reinforce_pp / no filter / no Pre-CLIP / stable_reinforce under stress,
+# R1-Reward Table 6 in miniature: reinforce_pp / no filter / no Pre-CLIP / stable_reinforce under stress
+# (injected engine log-prob gaps and reward outliers, a large SGD step: recipes/tiny/ablation_stability.yaml),
 # from a policy SFT-trained on the perfect teacher's traces (recipes/tiny/synth.yaml, sft.yaml). The tiny
 # SFT's outcome depends on its seed and on the CPU's numerics (0 %, 90 % or 100 % held-out from the same
 # recipe), so the script tries SFT seeds in order and keeps the first between 80 and 95 % (out/ablation/base/
-# base.json), or stops with exit 2 saying what each seed got
+# base.json), or stops with exit 2 saying what each seed got. --jobs 2: two one-thread RL runs at once (~28 min)
 ABL = out/ablation
 ablation-stability: | $(BASE4)/model/config.json
 	$(PY) scripts/ablation_stability.py --recipe recipes/tiny/ablation_stability.yaml --base $(ABL)/base \
