@@ -256,12 +256,12 @@ def main() -> None:
     from r1rm.config import load_config
     from r1rm.errors import ConfigError
 
+    if a.jobs < 1:  # refused before the base is built
+        raise ConfigError(f"--jobs {a.jobs} runs nothing", fix="give --jobs 1 or more")
     if a.base is not None:
         a.overrides = [*build_base(a.base, model=a.base_model, seeds=a.base_seeds, min_strict=a.base_min_strict,
                                    max_strict=a.base_max_strict, overrides=a.base_set),
                        *a.overrides]
-    if a.jobs < 1:
-        raise ConfigError(f"--jobs {a.jobs} runs nothing", fix="give --jobs 1 or more")
     base = load_config(a.recipe, a.overrides)
     root = Path(base.output_dir)
     plan = [(name, seed, root / name / f"seed-{seed}") for name in VARIANTS if not a.only or name in a.only

@@ -83,7 +83,6 @@ def clipped_policy_loss(
     return loss, stats
 
 
-
 def engine_logprob_gaps(mask: torch.Tensor, *, share: float, gap: float, generator: torch.Generator) -> torch.Tensor:
     """A (B, T) tensor of log-prob gaps between a rollout engine and the trainer, for the stress
     `rl.stress_logprob_mismatch`: about `share` of the valid tokens get a gap of ±`gap` nats (the

@@ -317,7 +317,6 @@ def test_stale_rollouts_start_off_policy_and_resume_exactly(cli, tiny, data, tmp
     assert proc.returncode == 2 and "stress_rollout_lag" in proc.stderr and "Traceback" not in proc.stderr
 
 
-
 def test_stress_faults_reach_the_loss_and_the_metrics_stay_true(cli, tiny, data, tmp_path):
     """rl.stress_logprob_mismatch: with one update per rollout the old log-probs are the update
     pass's own (ratio exactly 1, the lag test's on-policy run), so every ratio past 10^3 here comes
