@@ -126,7 +126,7 @@ ABL = out/ablation
 ablation-stability: | $(BASE4)/model/config.json
 	$(PY) scripts/ablation_stability.py --recipe recipes/tiny/ablation_stability.yaml --base $(ABL)/base \
 	  --base-model $(BASE4)/model --base-seeds 0 1 2 3 4 5 --base-min-strict 0.80 --base-max-strict 0.95 \
-	  output_dir=$(ABL)/stability --seeds 0 1 2 3 4 --jobs 2
+	  output_dir=$(ABL)/stability --seeds 0 1 2 3 4 5 6 7 8 9 --jobs 2
 
 lint: install
 	$(VENV)/bin/ruff check r1rm tests
