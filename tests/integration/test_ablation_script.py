@@ -80,7 +80,7 @@ def test_parallel_runs_each_in_its_own_process_and_refuse_another_lr(tiny, tmp_p
 def test_base_keeps_the_first_sft_seed_that_solves_the_task_or_says_none_did(tiny, tmp_path):
     """--base: synthetic data, then SFT seeds in order until one reaches --base-min-strict on the
     held-out pairs; the runs start from that policy. None reaching it: exit 2 naming what each got,
-    no base.json and no ablation run."""
+    no base.json and no ablation run. An empty window or --jobs 0: refused before anything is built."""
     base, out = tmp_path / "base", tmp_path / "abl"
     small = ["--base-set", "data.synthetic.n=8", "data.synthetic.n_eval=2", "sft.max_steps=2", "sft.batch_size=2",
              "sft.micro_batch_size=2", "generation.max_new_tokens=8", "--base-model", str(tiny)]
@@ -93,6 +93,10 @@ def test_base_keeps_the_first_sft_seed_that_solves_the_task_or_says_none_did(tin
                           timeout=600)  # an empty window: refused before anything is built
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "is not a window inside 0..1" in proc.stderr and not base.exists()
+    proc = subprocess.run([*cmd, "--jobs", "0"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)  # --jobs 0: refused before the base is built
+    assert proc.returncode == 2 and "--jobs 0" in proc.stderr and "Traceback" not in proc.stderr
+    assert not base.exists() and not out.exists()
     proc = subprocess.run([*cmd, "--base-min-strict", "0.5"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
