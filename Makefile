@@ -32,7 +32,7 @@ test-fast: install
 
 # ---- the main job on the embedded default (tiny model, synthetic colour task)
 # the demo's model has 8 attention heads: with 4 (the tiny default) and batch 8, SFT stalled on a
-# plateau for some seeds and CPU kernels (README, "How robust the demo is")
+# plateau for some seeds and CPU kernels (docs/results/2026-12-05-demo-robustness.md)
 $(DEMO)/model/config.json: | install
 	$(R1RM) tiny-model --heads 8 $(DEMO)/model
 
@@ -43,7 +43,7 @@ $(BASE4)/model/config.json: | install
 
 # the demo's recipes: data with a flawed simulated teacher and a validation split, SFT that
 # learns the task and the teacher's flaw, the strong RL recipe keeping its best validation
-# checkpoint (README, "make demo")
+# checkpoint (docs/training.md, "The tiny demo")
 DEMO_SYNTH ?= recipes/tiny/synth_flawed_teacher.yaml
 DEMO_SFT   ?= recipes/tiny/sft_demo.yaml
 DEMO_RL    ?= recipes/tiny/rl_demo.yaml
@@ -53,7 +53,7 @@ $(DEMO)/data/train.jsonl: recipes/tiny/synth.yaml $(DEMO_SYNTH) | install
 
 # build-data (clean mode): the raw synthetic files validated, deduplicated, balanced, shuffled and
 # sharded into the set RL reads ($(DEMO)/build, with manifest.json; SFT reads train.jsonl in its
-# generated order, whose trajectory the README's numbers record)
+# generated order, whose trajectory docs/results/2026-12-05-demo-robustness.md records)
 $(DEMO)/build/manifest.json: $(DEMO)/data/train.jsonl recipes/tiny/build_demo.yaml
 	$(R1RM) build-data --recipe recipes/tiny/build_demo.yaml output_dir=$(DEMO)/build \
 	  "build.sources=[{name: synthetic-colour, format: canonical, path: $(DEMO)/data/train.jsonl}]"

@@ -279,7 +279,7 @@ def run_rl(common: list[str], *, p: Preset, steps: int, train: Path, run_dir: Pa
         f"rl.n_samples_per_prompt={p.rl_samples}", "rl.both_orders=true", f"rl.train_batch_size={seqs}",
         f"rl.micro_batch_size={p.rl_micro_batch_size}", f"rl.max_new_tokens={p.rl_max_new_tokens}",
         "rl.max_prompt_len=2048", "rl.temperature=1.0", "rl.lr=1e-6", "rl.lr_schedule=constant",
-        "rl.consistency_judge=rule", "rl.eval_every_steps=0", f"rl.save_every_steps={steps + 1}", "rl.keep_last=1",
+        "rl.consistency.mode=rule", "rl.eval_every_steps=0", f"rl.save_every_steps={steps + 1}", "rl.keep_last=1",
         f"engine.batch_size={p.engine_batch_size}"])
     t0 = time.perf_counter()
     summary = rl.run(cfg)

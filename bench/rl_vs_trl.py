@@ -5,7 +5,7 @@ modality rendered with r1rm's R1-Reward prompt and the model's chat template), s
 size, completion length, sampling temperature, micro batch, one optimizer update per
 rollout, no KL, no activation checkpointing (TRL turns it on by default), and the same
 number of updates. The reward is r1rm's (format + result x
-consistency, rule judge) in both. Reports the median per-step wall time of each after the
+consistency by the rule checker) in both. Reports the median per-step wall time of each after the
 first `--warmup` steps, their ratio, and r1rm's non-model overhead (prompt encoding,
 rewards, advantages) as a share of its step time. Writes out/bench/rl_vs_trl.json.
 

@@ -7,6 +7,7 @@ traceback and exit with code 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -43,6 +44,17 @@ def _resolve(recipe: Path | None, overrides: list[str] | None, print_config: boo
     return cfg
 
 
+def _recipe_command(name: str, help_text: str) -> None:
+    """Register `r1rm NAME [--recipe FILE] [OVERRIDES]...`: resolve the config, then run
+    r1rm.commands.<NAME>, imported only when the command runs."""
+
+    def command(recipe: RecipeOpt = None, overrides: OverridesArg = None, print_config: PrintConfigOpt = False) -> None:
+        cfg = _resolve(recipe, overrides, print_config)
+        importlib.import_module(f"r1rm.commands.{name.replace('-', '_')}").run(cfg)
+
+    app.command(name, help=help_text)(command)
+
+
 @app.command("tiny-model")
 def tiny_model(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the checkpoint into.")],
@@ -57,31 +69,9 @@ def tiny_model(
     cmd.run(out_dir, seed=seed, arch=arch, check=check, heads=heads)
 
 
-@app.command("synth")
-def synth(recipe: RecipeOpt = None, overrides: OverridesArg = None, print_config: PrintConfigOpt = False) -> None:
-    """Generate the synthetic preference task (train + held-out sets) in image, caption or text modality."""
-    cfg = _resolve(recipe, overrides, print_config)
-    from r1rm.commands import synth as cmd
-
-    cmd.run(cfg)
-
-
-@app.command("sft")
-def sft(recipe: RecipeOpt = None, overrides: OverridesArg = None, print_config: PrintConfigOpt = False) -> None:
-    """Long-CoT supervised fine-tuning (cold start, MSRL stage 1, CMKD) on one process or many, DeepSpeed ZeRO-2/3."""
-    cfg = _resolve(recipe, overrides, print_config)
-    from r1rm.commands import sft as cmd
-
-    cmd.run(cfg)
-
-
-@app.command("rl")
-def rl(recipe: RecipeOpt = None, overrides: OverridesArg = None, print_config: PrintConfigOpt = False) -> None:
-    """RL of a generative reward model: StableReinforce (default), REINFORCE++, GRPO, RLOO, REINFORCE+baseline."""
-    cfg = _resolve(recipe, overrides, print_config)
-    from r1rm.commands import rl as cmd
-
-    cmd.run(cfg)
+_recipe_command("synth", "Generate the synthetic preference task (train + held-out sets) in image, caption or text modality.")
+_recipe_command("sft", "Long-CoT supervised fine-tuning (cold start, MSRL stage 1, CMKD) on one process or many, DeepSpeed ZeRO-2/3.")
+_recipe_command("rl", "RL of a generative reward model: StableReinforce (default), REINFORCE++, GRPO, RLOO, REINFORCE+baseline.")
 
 
 @app.command("judge")
@@ -114,22 +104,8 @@ def eval_(
     cmd.run(cfg, from_generations=from_generations)
 
 
-@app.command("build-data")
-def build_data(recipe: RecipeOpt = None, overrides: OverridesArg = None, print_config: PrintConfigOpt = False) -> None:
-    """Build SFT / RL preference data: clean + balance + shard sources; teacher cold start, MSRL captions, CMKD."""
-    cfg = _resolve(recipe, overrides, print_config)
-    from r1rm.commands import build_data as cmd
-
-    cmd.run(cfg)
-
-
-@app.command("vote")
-def vote(recipe: RecipeOpt = None, overrides: OverridesArg = None, print_config: PrintConfigOpt = False) -> None:
-    """Test-time scaling from K samples: majority, any, confidence-weighted and early-stop voting vs k."""
-    cfg = _resolve(recipe, overrides, print_config)
-    from r1rm.commands import vote as cmd
-
-    cmd.run(cfg)
+_recipe_command("build-data", "Build SFT / RL preference data: clean + balance + shard sources; teacher cold start, MSRL captions, CMKD.")
+_recipe_command("vote", "Test-time scaling from K samples: majority, any, confidence-weighted and early-stop voting vs k.")
 
 
 @app.command("check-data")

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from r1rm.core.algorithms import ALGORITHMS
 from r1rm.errors import ConfigError, InputFileError
 
 
@@ -72,10 +73,14 @@ SyntheticAttribute = Literal["red", "green", "blue", "yellow", "purple", "circle
 TeacherMistake = Literal["perception", "position"]
 
 
-class SyntheticConfig(Section):
-    n: int = Field(200, ge=1, description="Training examples to generate (train.jsonl).")
-    n_eval: int = Field(100, ge=0, description="Held-out examples (eval.jsonl, drawn with seed + 1000).")
-    n_val: int = Field(0, ge=0, description="Validation examples for choosing checkpoints (val.jsonl, seed + 2000); 0: none.")
+class _SyntheticCount(Section):
+    n: int = Field(200, ge=1, description="Examples to generate (synth: train.jsonl; a synthetic build-data source: its rows).")
+
+
+class SyntheticScenes(_SyntheticCount):
+    """How the synthetic task's examples are drawn: `synth` reads them from data.synthetic, a build-data
+    source of format synthetic from its own flat keys ({name, format: synthetic, n: 200, levels: [...]})."""
+
     levels: list[int] = Field(default_factory=lambda: [1], description="Difficulty levels (1-5; 6 = image-generation pairs) mixed evenly.")
     modality: Literal["image", "caption", "text"] = Field("image", description="How the scene is shown to the judge.")
     image_size: int = Field(112, ge=28, description="Rendered image side in pixels.")
@@ -93,6 +98,15 @@ class SyntheticConfig(Section):
         "position (reasons correctly but names Response 1; only where the label is 2)."
     )
 
+
+class _HeldOutSizes(_SyntheticCount):
+    n_eval: int = Field(100, ge=0, description="Held-out examples (eval.jsonl, drawn with seed + 1000).")
+    n_val: int = Field(0, ge=0, description="Validation examples for choosing checkpoints (val.jsonl, seed + 2000); 0: none.")
+
+
+# pydantic takes fields base-first along the reversed MRO: n, n_eval, n_val, levels, ... (the order
+# config.yaml and the config table have always had)
+class SyntheticConfig(SyntheticScenes, _HeldOutSizes):
     @model_validator(mode="after")
     def _levels(self) -> SyntheticConfig:
         bad = [lv for lv in self.levels if lv not in range(1, 7)]
@@ -173,10 +187,60 @@ class SFTConfig(OptimConfig):
     drop_last: bool = Field(True, description="Drop the last incomplete global batch of each epoch.")
 
 
+class ConsistencyConfig(Section):
+    """The RL consistency checker (METHOD §2): does the reasoning's conclusion agree with the answer?"""
+
+    mode: Literal["rule", "model", "none"] = Field(
+        "rule", description="rule = deterministic check; model = an engine (rl.consistency.engine_kind); "
+        "none = no consistency term."
+    )
+    engine_kind: Literal["openai", "hf", "vllm"] = Field(
+        "openai", description="mode model: an endpoint (openai) or a local model (hf, vllm)."
+    )
+    base_url: str | None = Field(None, description="mode model, openai: the endpoint, e.g. http://127.0.0.1:8001/v1.")
+    model_name: str | None = Field(None, description="mode model: the model name (openai) or checkpoint (hf, vllm).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable with the endpoint's key.")
+    timeout_s: float = Field(60.0, gt=0, description="Endpoint request timeout.")
+    temperature: float = Field(0.1, ge=0, description="Checker temperature (released code: 0.1).")
+    retries: int = Field(3, ge=1, description="Checker attempts before 'undecided' (released code: 3).")
+
+
+class StressConfig(Section):
+    """Stress tests only (r1rm.core.stress): faults injected on purpose; all off by default."""
+
+    label_noise: float = Field(
+        0.0, ge=0, lt=0.5, description="This share of the RL items get the wrong label (picked by a hash of the "
+        "item's uid: the same items in every run and seed): noisy preference labels, whose rare low rewards are the "
+        "outlying advantages the advantage filter drops."
+    )
+    rollout_lag: int = Field(
+        0, ge=0, description="Rollouts sampled by, and old log-probs taken from, the policy as it was this many "
+        "rollout steps earlier (an asynchronous or stale-weights rollout engine), so ratios start far from 1: the "
+        "off-policy gap Pre-CLIP bounds. Keeps that many weight copies in CPU memory; hf engine, no DeepSpeed. "
+        "0 = on-policy rollouts."
+    )
+    logprob_mismatch: float = Field(
+        0.0, ge=0, le=1, description="This share of the response tokens get old log-probs off by "
+        "±rl.stress.logprob_gap nats (sign at random; seeded by seed and step), as if the old log-probs came from an "
+        "inference engine that disagrees with the trainer on rare tokens: ratios far from 1 before any update, the "
+        "overflow Pre-CLIP bounds. 0 = none."
+    )
+    logprob_gap: float = Field(
+        12.0, gt=0, description="rl.stress.logprob_mismatch: the gap in nats (12: ratios of e^±12, about 1.6e5 and "
+        "6e-6, past Pre-CLIP's 10^3 bound)."
+    )
+    reward_outliers: float = Field(
+        0.0, ge=0, le=1, description="This share of the rollout samples (seeded by seed and step) are trained on the "
+        "reward rl.stress.outlier_reward instead of theirs — rewards far outside the batch's, whose advantages lie far "
+        "outside 3 sigma: what the advantage filter drops. Metrics report the true rewards. 0 = none."
+    )
+    outlier_reward: float = Field(-10.0, description="rl.stress.reward_outliers: the reward those samples get.")
+
+
 class RLConfig(OptimConfig):
     lr: float = Field(1e-6, gt=0, description="Peak learning rate (R1-Reward paper: 1e-6; released script: 3e-7).")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps with linear warm-up.")
-    algorithm: Literal["stable_reinforce", "reinforce_pp", "grpo", "rloo", "reinforce_baseline"] = Field(
+    algorithm: Literal[ALGORITHMS] = Field(
         "stable_reinforce", description="Advantage estimator + loss."
     )
     epochs: float = Field(5.0, gt=0, description="Passes over the RL prompts (paper: 5; released script: 1).")
@@ -211,9 +275,7 @@ class RLConfig(OptimConfig):
     format_weight: float = Field(0.5, ge=0, description="Weight of the format reward.")
     consistency_weight: float = Field(0.5, ge=0, description="Weight of the consistency reward (multiplies result).")
     type_weight: float = Field(0.2, ge=0, description="MSRL task-type reward weight (prompt msrl only).")
-    consistency_judge: Literal["rule", "model", "none"] = Field(
-        "rule", description="rule = deterministic check; model = an engine (see judge.*); none = no consistency term."
-    )
+    consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
     save_every_steps: int = Field(50, ge=1, description="Checkpoint interval in rollout steps.")
     keep_last: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     eval_every_steps: int = Field(0, ge=0, description="Held-out eval (data.eval, both orders, greedy) interval; 0 disables.")
@@ -236,34 +298,7 @@ class RLConfig(OptimConfig):
     logprob_check_tol: float = Field(
         0.05, gt=0, description="vLLM: largest mean |logp gap| between trainer and engine after a weight push."
     )
-    stress_label_noise: float = Field(
-        0.0, ge=0, lt=0.5, description="Stress tests only: this share of the RL items get the wrong label (picked by a "
-        "hash of the item's uid: the same items in every run and seed): noisy preference labels, whose rare low "
-        "rewards are the outlying advantages the advantage filter drops."
-    )
-    stress_rollout_lag: int = Field(
-        0, ge=0, description="Stress tests only: rollouts sampled by, and old log-probs taken from, the policy as it "
-        "was this many rollout steps earlier (an asynchronous or stale-weights rollout engine), so ratios start far "
-        "from 1: the off-policy gap Pre-CLIP bounds. Keeps that many weight copies in CPU memory; hf engine, no "
-        "DeepSpeed. 0 = on-policy rollouts."
-    )
-
-    stress_logprob_mismatch: float = Field(
-        0.0, ge=0, le=1, description="Stress tests only: this share of the response tokens get old log-probs off by "
-        "±rl.stress_logprob_gap nats (sign at random; seeded by seed and step), as if the old log-probs came from an "
-        "inference engine that disagrees with the trainer on rare tokens: ratios far from 1 before any update, the "
-        "overflow Pre-CLIP bounds. 0 = none."
-    )
-    stress_logprob_gap: float = Field(
-        12.0, gt=0, description="rl.stress_logprob_mismatch: the gap in nats (12: ratios of e^±12, about 1.6e5 and "
-        "6e-6, past Pre-CLIP's 10^3 bound)."
-    )
-    stress_reward_outliers: float = Field(
-        0.0, ge=0, le=1, description="Stress tests only: this share of the rollout samples (seeded by seed and step) "
-        "are trained on the reward rl.stress_outlier_reward instead of theirs — rewards far outside the batch's, whose "
-        "advantages lie far outside 3 sigma: what the advantage filter drops. Metrics report the true rewards. 0 = none."
-    )
-    stress_outlier_reward: float = Field(-10.0, description="rl.stress_reward_outliers: the reward those samples get.")
+    stress: StressConfig = Field(default_factory=StressConfig)
 
     @property
     def samples_per_item(self) -> int:
@@ -293,16 +328,6 @@ class JudgeConfig(Section):
     port: int = Field(8000, ge=0, le=65535, description="--serve: port (0 picks a free one).")
     api_key: str | None = Field(None, description="--serve: required bearer token; None = no auth.")
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="--serve: largest request body.")
-    # the consistency judge of `rl` (rl.consistency_judge=model)
-    engine_kind: Literal["openai", "hf", "vllm"] = Field(
-        "openai", description="RL consistency judge engine: an endpoint (openai) or a local model (hf, vllm)."
-    )
-    base_url: str | None = Field(None, description="RL consistency judge endpoint, e.g. http://127.0.0.1:8001/v1.")
-    model_name: str | None = Field(None, description="RL consistency judge model name (openai) or checkpoint (hf, vllm).")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable with the judge endpoint's key.")
-    timeout_s: float = Field(60.0, gt=0, description="RL consistency judge request timeout.")
-    temperature: float = Field(0.1, ge=0, description="Consistency judge temperature (released code: 0.1).")
-    retries: int = Field(3, ge=1, description="Consistency judge attempts before 'undecided' (released code: 3).")
 
 
 class EvalConfig(Section):
@@ -340,17 +365,12 @@ class VoteConfig(Section):
 
 
 # ---------------------------------------------------------------- build-data
-SOURCE_FORMATS = (
-    "canonical", "jsonl", "parquet", "hf_disk", "mm-rlhf", "vl-rewardbench", "r1reward-rl", "text_pref", "synthetic",
-)
-
-
-class SourceConfig(Section):
+class _SourceSettings(Section):
     name: str = Field(description="Source name: written to each record's `source`; counts and label balance are per source.")
     format: Literal[
         "canonical", "jsonl", "parquet", "hf_disk", "mm-rlhf", "vl-rewardbench", "r1reward-rl", "text_pref", "genai",
         "synthetic"
-    ] = Field(description="Row layout of the files (see README, `r1rm build-data`).")
+    ] = Field(description="Row layout of the files (docs/data.md, section Sources).")
     path: str | list[str] | None = Field(
         None, description="File(s) or folder(s): jsonl/json, parquet (or a folder of them), a datasets.save_to_disk folder, "
         "or a build-data output folder (canonical); none for synthetic."
@@ -371,15 +391,11 @@ class SourceConfig(Section):
         False, description="Keep only the file name of each image path (released rows hold the authors' absolute paths)."
     )
     split: str | None = Field(None, description="hf_disk: the split of a saved DatasetDict; default: its only split.")
-    n: int = Field(200, ge=1, description="synthetic: examples to generate.")
-    levels: list[int] = Field(default_factory=lambda: [1], description="synthetic: difficulty levels (1-5; 6 = image-generation pairs) mixed evenly.")
-    modality: Literal["image", "caption", "text"] = Field("image", description="synthetic: how the scene is shown.")
-    image_size: int = Field(112, ge=28, description="synthetic: rendered image side in pixels.")
-    seed: int | None = Field(None, description="synthetic: generator seed; None uses the top-level seed.")
-    teacher_error: float = Field(0.0, ge=0, le=1, description="synthetic: simulated teacher's error rate in its blind spot.")
-    teacher_blind: list[SyntheticAttribute] = Field(default_factory=list, description="synthetic: the simulated teacher's blind spot (colours / shape kinds; empty = all).")
-    teacher_mistake: TeacherMistake = Field("perception", description="synthetic: how the simulated teacher errs (perception / position).")
 
+
+# _SourceSettings' fields first, then SyntheticScenes' (read only for format synthetic): the order the
+# build-data manifest has always recorded
+class SourceConfig(SyntheticScenes, _SourceSettings):
     @model_validator(mode="after")
     def _path(self) -> SourceConfig:
         if self.format != "synthetic" and not self.path:
@@ -488,6 +504,25 @@ class Config(Section):
 
 # ================================================================ loading
 _INHERIT = "inherit"
+
+# keys renamed on 2026-12-06, old -> new: a recipe or override still spelling one is told its new
+# name, and a run written before the renames is refused on resume (runtime.checkpoint)
+RENAMED_KEYS = {
+    "rl.stress_label_noise": "rl.stress.label_noise",
+    "rl.stress_rollout_lag": "rl.stress.rollout_lag",
+    "rl.stress_logprob_mismatch": "rl.stress.logprob_mismatch",
+    "rl.stress_logprob_gap": "rl.stress.logprob_gap",
+    "rl.stress_reward_outliers": "rl.stress.reward_outliers",
+    "rl.stress_outlier_reward": "rl.stress.outlier_reward",
+    "rl.consistency_judge": "rl.consistency.mode",
+    "judge.engine_kind": "rl.consistency.engine_kind",
+    "judge.base_url": "rl.consistency.base_url",
+    "judge.model_name": "rl.consistency.model_name",
+    "judge.api_key_env": "rl.consistency.api_key_env",
+    "judge.timeout_s": "rl.consistency.timeout_s",
+    "judge.temperature": "rl.consistency.temperature",
+    "judge.retries": "rl.consistency.retries",
+}
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -618,6 +653,9 @@ def apply_override(raw: dict, parts: list[str], value: Any, text: str) -> None:
     for i, part in enumerate(parts):
         dotted = ".".join(parts[: i + 1])
         if part not in model.model_fields:
+            if dotted in RENAMED_KEYS:
+                raise ConfigError(f"override '{text}': '{dotted}' was renamed to {RENAMED_KEYS[dotted]}",
+                                  fix=f"write {RENAMED_KEYS[dotted]}=VALUE")
             prefix = "".join(p + "." for p in parts[:i])
             raise ConfigError(f"override '{text}': unknown key '{dotted}'", fix=_suggest(part, list(model.model_fields), prefix))
         if i == len(parts) - 1:
@@ -651,7 +689,9 @@ def _format_validation(err: ValidationError, origins: dict[str, str], overridden
             # a missing key: point at the nearest enclosing key the recipe has (e.g. the list item)
             parents = [".".join(loc[:i]) for i in range(len(loc) - 1, 0, -1)]
             src = src or next((origins[p] for p in parents if p in origins), None)
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and dotted in RENAMED_KEYS:
+            msg = f"unknown key '{dotted}' (renamed to {RENAMED_KEYS[dotted]})"
+        elif e["type"] == "extra_forbidden":
             parent = _model_at(loc[:-1]) or Config
             sug = _suggest(loc[-1], list(parent.model_fields), "".join(x + "." for x in loc[:-1]))
             msg = f"unknown key '{dotted}' ({sug})"
@@ -676,48 +716,6 @@ def load_config(recipe: str | os.PathLike | None, overrides: list[str] | tuple[s
         return Config.model_validate(raw)
     except ValidationError as e:
         raise _format_validation(e, origins, overridden) from None
-
-
-# What a resumed training run must share with the run that wrote its checkpoints: the settings
-# that shape the trajectory. How long it runs, how often it saves and evaluates, and the runtime
-# (logging, progress, device placement) may change between a run and its resume.
-RESUME_SECTIONS = {"sft": ("seed", "model.", "data.train", "data.image_root", "data.prompt", "sft."),
-                   "rl": ("seed", "model.", "data.train", "data.eval", "data.image_root", "data.prompt", "rl."),
-                   # eval: what decides the generations already written (the model, its inputs, the sampling)
-                   "eval": ("seed", "model.path", "model.dtype", "model.min_pixels", "model.max_pixels",
-                            "model.video_max_frames", "data.prompt", "generation.", "engine.kind", "engine.model_name",
-                            "engine.base_url", "eval.benchmark", "eval.path", "eval.k", "eval.temperature",
-                            "eval.answer_fallback")}
-RESUME_FREE = ("model.gradient_checkpointing", "model.attn_implementation", "sft.max_steps", "sft.save_every_steps",
-               "sft.keep_last", "rl.max_steps", "rl.save_every_steps", "rl.keep_last", "rl.eval_every_steps",
-               "rl.eval_limit")
-
-
-def _flatten(obj, prefix: str = "") -> dict:
-    if isinstance(obj, dict):
-        out: dict = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: obj}
-
-
-def identity_of(dump: dict, command: str) -> dict:
-    """The dotted settings of a config dump (`model_dump(mode="json")` or a run's config.yaml) that a
-    resume of `command` ("sft" / "rl") must find unchanged."""
-    keep = RESUME_SECTIONS[command]
-    return {k: v for k, v in _flatten(dump).items()
-            if any(k == p or (p.endswith(".") and k.startswith(p)) for p in keep) and k not in RESUME_FREE}
-
-
-def run_identity(cfg: Config, command: str) -> dict:
-    return identity_of(cfg.model_dump(mode="json"), command)
-
-
-def identity_changes(saved: dict, current: dict) -> list[str]:
-    """`key: saved -> now` for every setting both record with different values (a key only one
-    side has is a schema difference between r1rm versions, not a change of the run)."""
-    return [f"{k}: {saved[k]!r} -> {current[k]!r}" for k in sorted(set(saved) & set(current)) if saved[k] != current[k]]
 
 
 def config_to_yaml(cfg: Config) -> str:

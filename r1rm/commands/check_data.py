@@ -9,17 +9,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from r1rm.data.chat import default_image_root
-from r1rm.data.media import check_image, resolve_video
-from r1rm.data.records import (
-    Record,
-    Reject,
-    RowError,
-    dataset_files,
-    read_numbered_records,
-    resolve_path,
-    write_jsonl_atomic,
-)
+from r1rm.data.files import RowError, write_jsonl_atomic
+from r1rm.data.media import check_image, default_image_root, resolve_path, resolve_video
+from r1rm.data.records import Record, Reject, dataset_files, read_numbered_records
 from r1rm.errors import DataError
 
 

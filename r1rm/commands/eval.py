@@ -4,10 +4,8 @@ Reads the benchmark in its own format (`eval.benchmark`, `eval.path`), shows eac
 the chosen response first and second (`eval.orders`), draws `eval.k` samples per order
 (greedy when k = 1, temperature 1.0 otherwise unless `eval.temperature` says), and writes:
 
-- `generations.jsonl`: one record per sample (`key`, `uid`, `id`, `category`, `group`,
-  `order`, `sample`, `text`, `choice`, `choice_source`, `correct`, `p_choice`, `probs`,
-  `n_tokens`, `finished`, `error`), appended and flushed as it goes: a rerun resumes where
-  it stopped, with no duplicate and no missing record;
+- `generations.jsonl`: one record per sample (r1rm.data.generations), appended and flushed
+  as it goes: a rerun resumes where it stopped, with no duplicate and no missing record;
 - `metrics.json` and `report.md` (METHOD §5: per order, both-orders mean and strict,
   per category, macro, Acc+ / seven-column overall where the benchmark defines them).
 
@@ -18,15 +16,14 @@ Several processes (`torchrun` / `accelerate launch`) split the items: each write
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from pathlib import Path
 
 from r1rm.config import Config, save_config
-from r1rm.errors import ConfigError, DataError, IncompleteRunError, InputFileError
-
-GENERATIONS = "generations.jsonl"
+from r1rm.data.files import JsonlAppender, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from r1rm.data.generations import GENERATIONS, generation_row, merge_rank_files, rank_file, read_generations
+from r1rm.errors import ConfigError, IncompleteRunError
 
 
 def eval_path(cfg: Config) -> str:
@@ -42,64 +39,11 @@ def eval_temperature(cfg: Config) -> float:
     return 1.0 if cfg.eval.k > 1 else 0.0
 
 
-def read_generations(path: str | os.PathLike, *, allow_empty: bool = False) -> list[dict]:
-    """Rows of a generations file; a bad line is a DataError naming file:line."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputFileError(f"generations file not found: '{p}'", fix="pass the generations.jsonl an eval run wrote")
-    rows = []
-    with open(p, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"invalid JSON ({e.msg})", where=f"{p}:{i}", fix="remove the damaged line and rerun eval to regenerate it") from None
-            missing = [k for k in ("uid", "order", "sample", "choice", "correct") if k not in row]
-            if missing:
-                raise DataError(f"generation record lacks {missing}", where=f"{p}:{i}", fix="use a generations.jsonl written by r1rm eval")
-            rows.append(row)
-    if not rows and not allow_empty:
-        raise DataError("generations file is empty", where=str(p), fix="run `r1rm eval` first")
-    return rows
-
-
-def generation_row(rec, order: str, sample_idx: int, sample, *, allow_fallback: bool) -> dict:
-    """One generations.jsonl record for one sample of `rec` shown in `order`."""
-    from r1rm.core.parsing import extract_answer
-
-    right = 1 if order == "chosen_first" else 2
-    ans = extract_answer(sample.text, allow_fallback=allow_fallback) if sample.error is None else None
-    choice = ans.choice if ans else None
-    probs = sample.choice_probs
-    return {
-        "key": [rec.uid, order, sample_idx],
-        "uid": rec.uid,
-        "id": rec.id,
-        "category": rec.category,
-        "group": rec.meta.get("group", rec.id),
-        "order": order,
-        "sample": sample_idx,
-        "text": sample.text,
-        "choice": choice,
-        "choice_source": ans.source if ans else None,
-        "correct": choice == right,
-        "p_choice": probs.get(choice) if probs and choice else None,
-        "probs": {str(k): v for k, v in probs.items()} if probs else None,
-        "n_tokens": len(sample.token_ids),
-        "finished": sample.finished,
-        "error": sample.error,
-    }
-
-
 def write_metrics(out: Path, metrics: dict) -> None:
     from r1rm.core.metrics import format_report
 
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, out / "metrics.json")
-    (out / "report.md").write_text(format_report(metrics))
+    write_json_atomic(out / "metrics.json", metrics)
+    write_text_atomic(out / "report.md", format_report(metrics))
 
 
 def print_metrics(metrics: dict) -> None:
@@ -133,34 +77,17 @@ def print_metrics(metrics: dict) -> None:
     )
 
 
-def _merge_shards(out: Path, world: int) -> Path:
-    """Rank 0: fold every rank's generations into generations.jsonl (one row per key)."""
-    from r1rm.data.records import JsonlAppender
-
-    merged = JsonlAppender(out / GENERATIONS, key="key")
-    for r in range(world):
-        shard = out / f"generations.rank{r}.jsonl"
-        if not shard.exists():
-            continue
-        for row in read_generations(shard, allow_empty=True):
-            if tuple(row["key"]) not in merged.done:
-                merged.append(row)
-    merged.close()
-    return out / GENERATIONS
-
-
 def run(cfg: Config, *, from_generations: str | os.PathLike | None = None) -> dict:
     from r1rm.core.metrics import compute_metrics
 
     out = Path(cfg.output_dir)
     if from_generations is None:  # generations already here must be this eval's (before anything is written)
-        from r1rm.config import identity_of
         from r1rm.data.training_sets import data_fingerprint
-        from r1rm.runtime.checkpoint import check_same_eval, model_stamp, write_json_atomic
+        from r1rm.runtime.checkpoint import check_same_eval, identity_of, model_stamp
 
         identity = {**identity_of(cfg.model_dump(mode="json"), "eval"), "model.stamp": model_stamp(cfg.model.path),
                     "eval.data.sha256": data_fingerprint([eval_path(cfg)])}
-        check_same_eval(out, identity, [out / GENERATIONS, *out.glob("generations.rank*.jsonl")])
+        check_same_eval(out, identity, [out / GENERATIONS, *out.glob(rank_file("*"))])
     save_config(cfg)
     if from_generations is not None:
         metrics = compute_metrics(read_generations(from_generations), benchmark=cfg.eval.benchmark)
@@ -169,8 +96,8 @@ def run(cfg: Config, *, from_generations: str | os.PathLike | None = None) -> di
         return metrics
 
     from r1rm.data.benchmarks import read_benchmark
-    from r1rm.data.chat import default_image_root, oriented, record_messages
-    from r1rm.data.records import JsonlAppender, write_jsonl_atomic
+    from r1rm.data.chat import oriented, record_messages
+    from r1rm.data.media import default_image_root
     from r1rm.engines import make_engine
     from r1rm.engines.base import Request, SamplingParams
     from r1rm.runtime.dist import process_state
@@ -187,7 +114,7 @@ def run(cfg: Config, *, from_generations: str | os.PathLike | None = None) -> di
         write_jsonl_atomic(out / "skipped.jsonl", skipped)
     state = process_state(cfg.runtime.device)
     rank, world = state.process_index, state.num_processes
-    gen_path = out / (GENERATIONS if world == 1 else f"generations.rank{rank}.jsonl")
+    gen_path = out / (GENERATIONS if world == 1 else rank_file(rank))
     if state.is_main_process:
         write_json_atomic(out / "run.json", identity)
     writer = JsonlAppender(gen_path, key="key")
@@ -238,7 +165,7 @@ def run(cfg: Config, *, from_generations: str | os.PathLike | None = None) -> di
         state.wait_for_everyone()
         if not state.is_main_process:
             return {}
-        gen_path = _merge_shards(out, world)
+        gen_path = merge_rank_files(out, world)
     rows = read_generations(gen_path, allow_empty=True)
     wanted = {rec.uid for rec in records}
     rows = [r for r in rows if r["uid"] in wanted and r["order"] in cfg.eval.orders and r["sample"] < k]

@@ -19,11 +19,11 @@ Every pair is judged as given and swapped (`judge.both_orders`). Output
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 from r1rm.config import Config, save_config
-from r1rm.data.records import Record, RowError, parse_record
+from r1rm.data.files import LineError, RowError, json_lines
+from r1rm.data.records import Record, parse_record
 from r1rm.errors import ConfigError, DataError, InputFileError
 
 VERDICTS = "verdicts.jsonl"
@@ -54,18 +54,12 @@ def parse_item(row: dict) -> tuple[str, list[Record]]:
 
 def read_items(path: str | Path) -> list[tuple[int, str, list[Record], dict]]:
     """(line, kind, records, raw row) for each input line; the first bad line is a DataError with file:line."""
-    from r1rm.data.records import iter_lines
-
     items = []
     seen: dict[str, int] = {}
-    for line, text, _ in iter_lines(path):
+    for line, _, row in json_lines(path):
         try:
-            if text is None:
-                raise RowError("not_utf8", "line is not valid UTF-8")
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise RowError("invalid_json", f"invalid JSON ({e.msg} at column {e.colno})") from None
+            if isinstance(row, LineError):
+                raise RowError(row.reason, row.brief)
             kind, recs = parse_item(row)
         except RowError as e:
             raise DataError(str(e), where=f"{path}:{line}", fix="correct or remove this line") from None
@@ -154,8 +148,9 @@ def _candidates_output(row: dict, recs: list[Record], verdicts: list[tuple[dict,
 def run(cfg: Config) -> Path:
     from rich.console import Console
 
-    from r1rm.data.chat import default_image_root, record_messages
-    from r1rm.data.records import JsonlAppender
+    from r1rm.data.chat import record_messages
+    from r1rm.data.files import JsonlAppender
+    from r1rm.data.media import default_image_root
     from r1rm.engines import make_engine, sampling_from_config
     from r1rm.engines.base import Request
     from r1rm.runtime.progress import make_progress

@@ -4,7 +4,7 @@ Algorithm (one rollout step), top to bottom:
 1. Take `rl.rollout_batch_size` prompts (file order or a seeded shuffle per epoch; each process
    its share) and sample `rl.n_samples_per_prompt` responses each with the policy
    (`rl.rollout_engine`: hf generate on the training model, or colocated vLLM).
-2. Score each response (METHOD §2): format, result, consistency (`rl.consistency_judge`: rule,
+2. Score each response (METHOD §2): format, result, consistency (`rl.consistency.mode`: rule,
    model, none) → total = result·(1 + w_c·consistency) + w_f·format (+ w_t·type for MSRL).
 3. Log-probs of the rollout policy (old) and, when `rl.kl_coef` > 0, of a frozen reference
    (no reference is loaded at β = 0).
@@ -18,19 +18,23 @@ Algorithm (one rollout step), top to bottom:
    `rl.loss_agg`. A step with a non-finite loss or gradient is skipped and counted.
 6. Metrics per step, periodic held-out eval through the eval code, atomic checkpoints and
    exact resume (data position from the step; sampling seeded by seed + step).
-Departure from the paper: none by default; the released script's settings are a recipe.
+Departure from the paper: none by default; the released script's settings are a recipe. The
+stress tests (`rl.stress.*`, r1rm.core.stress) inject faults on purpose; all are off by default.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
 
-from r1rm.config import Config, run_identity, save_config
+from r1rm.config import Config
 from r1rm.errors import ConfigError, DataError
+from r1rm.runtime import training
+from r1rm.runtime.consistency import ConsistencyStats
+from r1rm.runtime.training import Training
 
 
 def resolved_algorithm_options(cfg: Config) -> tuple[float | None, str]:
@@ -41,34 +45,13 @@ def resolved_algorithm_options(cfg: Config) -> tuple[float | None, str]:
     return (cfg.rl.pre_clip_ratio if pre_clip else None), adv_filter
 
 
-def _judge_engine(cfg: Config):
-    from r1rm.engines import make_engine
-
-    j = cfg.judge
-    if j.engine_kind == "openai" and not j.base_url:
-        raise ConfigError("rl.consistency_judge=model needs judge.base_url (an OpenAI-compatible endpoint)",
-                          fix="set judge.base_url=http://HOST:PORT/v1, or rl.consistency_judge=rule")
-    sub = cfg.model_copy(deep=True)
-    sub.engine.kind = j.engine_kind
-    sub.engine.base_url = j.base_url
-    sub.engine.model_name = j.model_name
-    sub.engine.api_key_env = j.api_key_env
-    sub.engine.timeout_s = j.timeout_s
-    sub.engine.max_retries = 1
-    if j.engine_kind != "openai":
-        if not j.model_name:
-            raise ConfigError("a local consistency judge needs judge.model_name (a checkpoint folder)")
-        sub.model.path = j.model_name
-    return make_engine(sub)
-
-
 def held_out_eval(cfg: Config, acc, model, processor, *, step: int) -> dict:
     """Greedy both-orders accuracy of the current policy on data.eval (split across processes)."""
     from accelerate.utils import gather_object
 
-    from r1rm.commands.eval import generation_row
     from r1rm.core.metrics import compute_metrics
     from r1rm.data.chat import oriented, record_messages
+    from r1rm.data.generations import generation_row
     from r1rm.data.training_sets import read_items
     from r1rm.engines.base import Request, SamplingParams
     from r1rm.engines.hf import HFEngine
@@ -92,75 +75,118 @@ def held_out_eval(cfg: Config, acc, model, processor, *, step: int) -> dict:
             for (rec, order), samples in zip(meta, results, strict=True)]
     rows = gather_object(rows) if acc.num_processes > 1 else rows
     m = compute_metrics(rows, benchmark="canonical")
-    acc_ = m["accuracy"]
-    return {"eval/both_orders_strict": acc_["both_orders_strict"]["overall"],
-            "eval/both_orders_mean": acc_["both_orders_mean"]["overall"],
-            "eval/chosen_first": acc_["chosen_first"]["overall"], "eval/chosen_second": acc_["chosen_second"]["overall"],
+    accuracy = m["accuracy"]
+    return {"eval/both_orders_strict": accuracy["both_orders_strict"]["overall"],
+            "eval/both_orders_mean": accuracy["both_orders_mean"]["overall"],
+            "eval/chosen_first": accuracy["chosen_first"]["overall"],
+            "eval/chosen_second": accuracy["chosen_second"]["overall"],
             "eval/parse_fail_rate": m["parse_fail_rate"], "eval/step": step}
 
 
 def run(cfg: Config) -> dict:
-    import torch
-    from torch.optim.lr_scheduler import LambdaLR
-
-    from r1rm.core.advantages import (
-        batch_normalised,
-        finish_advantages,
-        masked_moments,
-        moments_to_mean_std,
-        raw_advantages,
-        with_reward_outliers,
-    )
-    from r1rm.core.metrics import improved_best
-    from r1rm.core.parsing import extract_answer
-    from r1rm.core.policy_loss import aggregate, clipped_policy_loss, engine_logprob_gaps, kl_estimate
-    from r1rm.core.rewards import combine, format_reward, result_reward, type_reward
-    from r1rm.core.schedules import lr_multiplier
-    from r1rm.data.chat import record_messages
-    from r1rm.data.media import fit_visuals
-    from r1rm.data.training_sets import data_fingerprint, epoch_order, read_items, with_label_noise
-    from r1rm.engines.base import Request, SamplingParams
-    from r1rm.engines.hf import VISION_PLACEHOLDERS, HFEngine
-    from r1rm.models.loading import load_model, load_processor
-    from r1rm.runtime.accel import apply_update, gathered_for_generation, make_accelerator, make_optimizer, split_batch
-    from r1rm.runtime.checkpoint import (
-        check_resumable,
-        finished_before,
-        latest_checkpoint,
-        load_checkpoint,
-        load_extra,
-        recover_best,
-        save_best,
-        save_checkpoint,
-    )
-    from r1rm.runtime.judges import JudgeStats, consistency_scores
-    from r1rm.runtime.metrics_log import MetricsLog
-    from r1rm.runtime.modelprep import prepare_for_training, save_hf
+    from r1rm.runtime.checkpoint import recover_best
+    from r1rm.runtime.consistency import make_consistency_engine
     from r1rm.runtime.progress import make_progress
-    from r1rm.runtime.rollout import (
-        build_sequence,
-        encode_prompt,
-        grouped_token_logprobs,
-        response_mask,
-        token_logprobs,
-    )
 
     rc = cfg.rl
-    out = Path(cfg.output_dir)
-    identity = {**run_identity(cfg, "rl"), "data.train.sha256": data_fingerprint(cfg.data.train)}
-    if cfg.runtime.resume:  # another run's checkpoints here: refused before anything is written
-        check_resumable(out, identity, "rl", cfg.data.train)
+    identity = training.checked_identity(cfg, "rl")  # another run's checkpoints: refused before any write
+    plan = _plan(cfg)
+    t = training.start_training(cfg, rc, identity=identity, accum=plan.accum, total_steps=plan.total_updates,
+                                reference=rc.kl_coef > 0)  # no reference model at β = 0
+    pre_clip_ratio, adv_filter = resolved_algorithm_options(cfg)
+    checker = make_consistency_engine(cfg) if rc.consistency.mode == "model" else None
+    sampler = _sampler(cfg, t)
+    if rc.keep_best and t.acc.is_main_process:
+        recover_best(t.out)  # a swap a kill interrupted
+    ckpt, state = training.resume(t, cfg)
+    step, totals = state.get("step", 0), _Totals.of(state)
+    resumed_at = step
+    _start_stale_policy(t, sampler, ckpt, step=step, lag=rc.stress.rollout_lag)
+    log = training.open_log(t, cfg, step=step)
+
+    with make_progress(enabled=cfg.runtime.progress and t.acc.is_main_process, unit="steps") as bar:
+        task = bar.add_task("rl", total=plan.total_rollouts, completed=step)
+        while step < plan.total_rollouts:
+            mine = _prompts_of_step(cfg, t, plan, step)
+            t_step = time.perf_counter()
+            ro = _rollout(cfg, t, plan, sampler, mine, step=step, counters=totals.counters)  # 1.
+            rw = _rewards(cfg, ro, checker, totals.consistency)  # 2.
+            t_train = time.perf_counter()
+            lp = _old_logprobs(cfg, t, plan, ro, sampler, step=step)  # 3.
+            adv, dropped, t_adv = _advantages(cfg, t, plan, ro, rw, lp, adv_filter, step=step,
+                                              counters=totals.counters)  # 4.
+            upd = _update(cfg, t, plan, ro, lp, adv, pre_clip_ratio=pre_clip_ratio, step=step,
+                          counters=totals.counters)  # 5.
+            if sampler.vllm is not None:
+                _push_weights(cfg, t, sampler, ro)
+            now = time.perf_counter()
+            step += 1
+            _advance_stale_policy(t, sampler, lag=rc.stress.rollout_lag)
+            times = {"rollout": ro.t_rollout, "reward": rw.t_reward, "train": now - t_train, "generate": ro.t_gen,
+                     "step": now - t_step, "adv": t_adv}
+            metrics = _metrics(t, ro, rw, lp, dropped, upd, totals=totals, times=times)  # 6.
+            _eval_log_save(cfg, t, plan, sampler, metrics, totals, step=step, log=log)
+            bar.update(task, advance=1, description=f"rl reward {metrics['reward']:.3f} acc {metrics['accuracy']:.2f}")
+
+    done = training.finished_summary(t, ckpt, step=step, resumed_at=resumed_at)
+    if done is not None:
+        training.close(t, log, checker, wait=False)
+        return done
+    state_dict = training.final_state_dict(t, step=step, keep_last=rc.keep_last, state=totals.state(),
+                                           extra=_lag_extra(sampler))
+    summary = {"steps": step, "processes": t.acc.num_processes, "algorithm": rc.algorithm, "pre_clip": pre_clip_ratio,
+               "grouped_forward": plan.grouped, "adv_filter": adv_filter,
+               **({"label_noise_flipped": plan.label_noise_flipped} if rc.stress.label_noise else {}),
+               **totals.counters, "consistency_calls": totals.consistency.calls,
+               "consistency_failures": totals.consistency.failures, **totals.last_eval,
+               **({"best": totals.best} if rc.keep_best else {})}
+    training.write_outputs(t, state_dict, summary)
+    if t.acc.is_main_process:
+        from rich.console import Console
+
+        Console().print(f"rl done: {step} rollout steps ({rc.algorithm}); model in [bold]{t.out / 'model'}[/]; "
+                        f"{totals.counters['skipped_updates']} updates skipped as non-finite")
+        if totals.best is not None:
+            Console().print(f"best periodic eval: {totals.best['metric']} {totals.best['value']:.4f} at step "
+                            f"{totals.best['step']} ([bold]{t.out / 'best'}[/])")
+    training.close(t, log, checker)
+    return summary
+
+
+# ================================================================ set-up
+@dataclass(frozen=True)
+class Plan:
+    """What the config and the data fix before any process starts."""
+
+    items: list  # the RL items (rl.stress.label_noise applied)
+    label_noise_flipped: int
+    n: int  # samples per prompt
+    per_proc_train: int  # sequences of a train batch per process
+    grouped: bool  # updates forward each prompt once for its n samples
+    accum: int  # micro-batches per optimizer step
+    steps_per_epoch: int
+    total_rollouts: int
+    total_updates: int
+    on_policy: bool  # old log-probs = the update pass's own: their forward pass is skipped
+
+
+def _plan(cfg: Config) -> Plan:
+    """The run's checks, items and sizes: a config or data mistake stops before anything is written."""
+    from r1rm.data.training_sets import read_items, with_label_noise
+    from r1rm.runtime.accel import split_batch
+
+    rc = cfg.rl
     if rc.keep_best and not (rc.eval_every_steps and cfg.data.eval):
         raise ConfigError("rl.keep_best needs the periodic eval: rl.eval_every_steps > 0 and a data.eval file",
                           fix="set rl.eval_every_steps and data.eval=[a validation split] (not the test set), or drop rl.keep_best")
     items = read_items(cfg.data.train, image_root=cfg.data.image_root, target_field=None)
-    items, label_noise_flipped = with_label_noise(items, rc.stress_label_noise)
+    items, flipped = with_label_noise(items, rc.stress.label_noise)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    lag = rc.stress_rollout_lag
+    lag = rc.stress.rollout_lag
     if lag and (cfg.runtime.deepspeed or rc.rollout_engine != "hf"):
-        raise ConfigError(f"rl.stress_rollout_lag={lag} keeps whole weight copies for the hf rollout engine; "
+        raise ConfigError(f"rl.stress.rollout_lag={lag} keeps whole weight copies for the hf rollout engine; "
                           f"it does not run with DeepSpeed or rl.rollout_engine={rc.rollout_engine}",
-                          fix="drop runtime.deepspeed and use rl.rollout_engine=hf, or set rl.stress_rollout_lag=0")
+                          fix="drop runtime.deepspeed and use rl.rollout_engine=hf, or set rl.stress.rollout_lag=0")
     if rc.rollout_batch_size % world:
         raise ConfigError(f"rl.rollout_batch_size={rc.rollout_batch_size} is not divisible by the {world} processes",
                           fix=f"use a multiple of {world}")
@@ -172,26 +198,6 @@ def run(cfg: Config) -> dict:
     grouped = (rc.share_prompt_forward and n > 1 and rc.micro_batch_size % n == 0 and per_proc_train % n == 0
                and not cfg.model.gradient_checkpointing and not cfg.runtime.deepspeed)
     accum = split_batch(rc.train_batch_size, rc.micro_batch_size, world)
-    acc = make_accelerator(deepspeed_config=cfg.runtime.deepspeed, grad_accum=accum, micro_batch=rc.micro_batch_size,
-                           max_grad_norm=rc.max_grad_norm, device=cfg.runtime.device,
-                           mixed_precision=cfg.runtime.mixed_precision)
-    if acc.is_main_process:
-        save_config(cfg)
-    torch.manual_seed(cfg.seed)
-    processor = load_processor(cfg.model.path, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
-    tok = getattr(processor, "tokenizer", processor)
-    eos_id = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
-    vision_ids = frozenset(tok.get_vocab()[t] for t in VISION_PLACEHOLDERS if t in tok.get_vocab())
-    dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
-    device_str = "cpu" if acc.device.type == "cpu" else str(acc.device)
-    model = prepare_for_training(load_model(cfg.model.path, dtype=dtype, device=device_str,
-                                            attn_implementation=cfg.model.attn_implementation), cfg.model)
-    ref = None
-    if rc.kl_coef > 0:
-        ref = load_model(cfg.model.path, dtype=dtype, device=device_str)
-        ref.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, rc)
     steps_per_epoch = len(items) // rc.rollout_batch_size
     if steps_per_epoch == 0:
         raise DataError(f"{len(items)} RL prompts are fewer than one rollout batch of {rc.rollout_batch_size}",
@@ -201,350 +207,523 @@ def run(cfg: Config) -> dict:
     # one update per rollout, sampled by the model being updated, and no KL term that needs the old
     # log-probs: they equal the update pass's own (detached), so their extra forward pass is skipped
     on_policy = updates_per_rollout == 1 and rc.rollout_engine == "hf" and rc.kl_coef == 0 and not lag
-    total_updates = total_rollouts * updates_per_rollout
-    scheduler = LambdaLR(optimizer, lambda s: lr_multiplier(s, total_steps=total_updates,
-                                                            warmup_steps=int(rc.warmup_ratio * total_updates),
-                                                            kind=rc.lr_schedule))
-    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
-    deepspeed = cfg.runtime.deepspeed is not None
-    pre_clip_ratio, adv_filter = resolved_algorithm_options(cfg)
-    judge_engine = _judge_engine(cfg) if rc.consistency_judge == "model" else None
-    judge_stats = JudgeStats()
-    vllm_engine = None
-    if rc.rollout_engine == "vllm":
+    return Plan(items=items, label_noise_flipped=flipped, n=n, per_proc_train=per_proc_train, grouped=grouped,
+                accum=accum, steps_per_epoch=steps_per_epoch, total_rollouts=total_rollouts,
+                total_updates=total_rollouts * updates_per_rollout, on_policy=on_policy)
+
+
+@dataclass
+class Sampler:
+    """Who samples the rollouts (step 1) and gives their old log-probs (step 3): the policy being
+    trained, colocated vLLM (pushed the weights after each update), or with rl.stress.rollout_lag a
+    stale copy of the policy holding the oldest weights of `history`."""
+
+    eos_id: int  # appended to a response that ended there
+    vision_ids: frozenset  # vision placeholders: a response holding one is refused
+    vllm: Any | None = None
+    stale: Any | None = None
+    history: list = field(default_factory=list)  # weights at the start of steps max(0, step−lag)..step
+
+
+def _sampler(cfg: Config, t: Training) -> Sampler:
+    from r1rm.engines.hf import VISION_PLACEHOLDERS
+
+    vocab = t.tok.get_vocab()
+    eos_id = t.tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in vocab else t.tok.eos_token_id
+    sampler = Sampler(eos_id=eos_id, vision_ids=frozenset(vocab[x] for x in VISION_PLACEHOLDERS if x in vocab))
+    if cfg.rl.rollout_engine == "vllm":
         from r1rm.engines.vllm import VLLMEngine
 
-        vllm_engine = VLLMEngine(cfg.model.path, tensor_parallel_size=cfg.engine.tensor_parallel_size,
-                                 gpu_memory_utilization=cfg.engine.gpu_memory_utilization, seed=cfg.seed,
-                                 enable_sleep_mode=True)
+        sampler.vllm = VLLMEngine(cfg.model.path, tensor_parallel_size=cfg.engine.tensor_parallel_size,
+                                  gpu_memory_utilization=cfg.engine.gpu_memory_utilization, seed=cfg.seed,
+                                  enable_sleep_mode=True)
+    return sampler
 
-    step = 0
-    counters = {"skipped_updates": 0, "nonfinite_microbatches": 0, "skipped_long_prompts": 0}
-    last_eval: dict = {}
-    best: dict | None = None  # rl.keep_best: {"step", "metric", "value"} of out/best
-    if rc.keep_best and acc.is_main_process:
-        recover_best(out)  # a swap a kill interrupted
-    ckpt = latest_checkpoint(out) if cfg.runtime.resume else None
-    if ckpt is not None:
-        state = load_checkpoint(acc, ckpt)
-        step, counters = state["step"], state["counters"]
-        # run totals the metrics and summary.json report: carried by the checkpoints
-        judge_stats, last_eval = JudgeStats(**state.get("judge", {})), state.get("last_eval", {})
-        # the best as of this checkpoint: a best/ saved after it is re-derived when its step replays
-        best = state.get("best")
-    resumed_at = step
-    # rl.stress_rollout_lag: `history` holds the weights at the start of steps max(0, step−lag)..step;
-    # the oldest samples the rollouts and gives the old log-probs (a stale rollout engine)
-    behaviour, history = None, []
-    if lag:
-        import copy
 
-        def weights() -> dict:
-            return {k: v.detach().to("cpu", copy=True) for k, v in acc.unwrap_model(model).state_dict().items()}
+@dataclass
+class _Totals:
+    """Run totals the metrics and summary.json report, carried by the checkpoints."""
 
-        behaviour = copy.deepcopy(acc.unwrap_model(model)).eval().requires_grad_(False)
-        extra = load_extra(ckpt) if ckpt is not None else None
-        if ckpt is not None and (extra is None or len(extra.get("lag_history", [])) != min(step, lag) + 1):
-            raise ConfigError(f"checkpoint {ckpt} holds no rollout-lag weights for rl.stress_rollout_lag={lag}",
-                              fix="start this run afresh (runtime.resume=false) or in a new output_dir")
-        history = extra["lag_history"] if extra is not None else [weights()]
-    log = MetricsLog(out, enabled=acc.is_main_process, resume_step=step, tensorboard=cfg.runtime.tensorboard,
-                     wandb_project=cfg.runtime.wandb_project, run_config=cfg.model_dump(mode="json"))
+    counters: dict
+    consistency: ConsistencyStats
+    last_eval: dict
+    best: dict | None  # rl.keep_best: {"step", "metric", "value"} of out/best
 
-    def reduce_sum(values: list[float]) -> list[float]:
-        t = torch.tensor(values, device=acc.device, dtype=torch.float64)
-        return acc.reduce(t, reduction="sum").tolist()
+    @classmethod
+    def of(cls, state: dict) -> _Totals:
+        """From a checkpoint's trainer state ({} for a fresh start). Its best is the best as of that
+        checkpoint: a best/ saved after it is re-derived when its step replays."""
+        counters = state.get("counters", {"skipped_updates": 0, "nonfinite_microbatches": 0, "skipped_long_prompts": 0})
+        return cls(counters=counters, consistency=ConsistencyStats(**state.get("consistency", {})),
+                   last_eval=state.get("last_eval", {}), best=state.get("best"))
 
-    with make_progress(enabled=cfg.runtime.progress and acc.is_main_process, unit="steps") as bar:
-        task = bar.add_task("rl", total=total_rollouts, completed=step)
-        while step < total_rollouts:
-            epoch, b = divmod(step, steps_per_epoch)
-            order = epoch_order(len(items), seed=cfg.seed, epoch=epoch, shuffle=rc.shuffle)
-            mine = order[b * rc.rollout_batch_size:(b + 1) * rc.rollout_batch_size][acc.process_index::acc.num_processes]
+    def state(self) -> dict:
+        return {"counters": self.counters, "consistency": vars(self.consistency), "last_eval": self.last_eval,
+                "best": self.best}
 
-            # ---- 1. rollouts
-            t0 = t_step = time.perf_counter()
-            prompts, requests, keep = [], [], []
-            # each item as given, and with rl.both_orders also swapped (label follows) in the same batch
-            shown = [(i, rec) for i in mine for rec in ((items[i].rec, items[i].rec.swapped()) if rc.both_orders
-                                                         else (items[i].rec,))]
-            for i, rec in shown:
-                it = items[i]
-                # resized once here (several visuals share the pixel budget); the engine gets the result
-                msgs = fit_visuals(record_messages(rec, prompt=cfg.data.prompt, image_root=it.root,
-                                                   video_max_frames=cfg.model.video_max_frames,
-                                                   max_pixels=cfg.model.max_pixels))
-                enc = encode_prompt(processor, msgs)
-                ok = enc["input_ids"].shape[1] <= rc.max_prompt_len
-                counters["skipped_long_prompts"] += 0 if ok else 1
-                prompts.append(enc)
-                keep.append(ok)
-                if ok:
-                    requests.append(Request(msgs))
-            sampling = SamplingParams(max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, n=n,
-                                      seed=cfg.seed * 100_003 + step * 131 + acc.process_index)
-            t_gen = time.perf_counter()
-            if vllm_engine is not None:
-                results = vllm_engine.generate(requests, sampling)
-            elif behaviour is not None:
-                behaviour.load_state_dict(history[0])
-                results = HFEngine(behaviour, processor, batch_size=cfg.engine.batch_size,
-                                   share_prefill=cfg.engine.share_prefill).generate(requests, sampling)
-            else:
-                engine = HFEngine(acc.unwrap_model(model), processor, batch_size=cfg.engine.batch_size,
-                                  share_prefill=cfg.engine.share_prefill)
-                with gathered_for_generation(acc, model):
-                    results = engine.generate(requests, sampling)
-            t_gen = time.perf_counter() - t_gen
-            res_iter = iter(results)
-            seqs, texts, labels, task_types, valid = [], [], [], [], []
-            for (_i, rec), enc, ok in zip(shown, prompts, keep, strict=True):
-                samples = next(res_iter) if ok else [None] * n
-                for s in samples:
-                    if s is None:  # a prompt over max_prompt_len: a masked placeholder keeps processes in step
-                        seqs.append(build_sequence(enc, [eos_id]))
-                        texts.append("")
-                        valid.append(0.0)
-                    else:
-                        try:
-                            seqs.append(build_sequence(enc, list(s.token_ids) + ([eos_id] if s.finished else []),
-                                                       forbidden=vision_ids))
-                            texts.append(s.text)
-                            valid.append(1.0)
-                        except ValueError:  # a vision placeholder in the response: masked out, counted
-                            counters["invalid_responses"] = counters.get("invalid_responses", 0) + 1
-                            seqs.append(build_sequence(enc, [eos_id]))
-                            texts.append("")
-                            valid.append(0.0)
-                    labels.append(rec.label)
-                    task_types.append(rec.task_type)
-            t_rollout = time.perf_counter() - t0
 
-            # ---- 2. rewards
-            t0 = time.perf_counter()
-            fmt = [format_reward(t, prompt=cfg.data.prompt) for t in texts]
-            res = [result_reward(t, lab) for t, lab in zip(texts, labels, strict=True)]
-            cons = [0] * len(texts)
-            right = [k for k, r in enumerate(res) if r > 0]  # consistency only matters when the result is right
-            scores = consistency_scores(rc.consistency_judge, [texts[k] for k in right], engine=judge_engine,
-                                        temperature=cfg.judge.temperature, retries=cfg.judge.retries, stats=judge_stats)
-            for k, c in zip(right, scores, strict=True):
-                cons[k] = c
-            typ = [type_reward(t, tt) if cfg.data.prompt == "msrl" else 0.0 for t, tt in zip(texts, task_types, strict=True)]
-            totals = [combine(fmt=f, result=r, consistency=c, type_score=ty, format_weight=rc.format_weight,
-                              consistency_weight=rc.consistency_weight,
-                              type_weight=rc.type_weight if cfg.data.prompt == "msrl" else 0.0) * v
-                      for f, r, c, ty, v in zip(fmt, res, cons, typ, valid, strict=True)]
-            t_reward = time.perf_counter() - t0
+# ---------------------------------------------------------------- rl.stress.rollout_lag
+def _weights(t: Training) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in t.acc.unwrap_model(t.model).state_dict().items()}
 
-            # ---- 3. old (and reference) log-probs (none computed when on_policy)
-            t0 = time.perf_counter()
-            old_lp, masks, ref_lp = [], [], []
-            model.eval()
-            with torch.no_grad():
-                for k in range(0, len(seqs), rc.micro_batch_size):
-                    chunk = seqs[k:k + rc.micro_batch_size]
-                    if on_policy:
-                        m = response_mask(chunk).to(acc.device)
-                        lp = torch.zeros_like(m)  # never read: the update pass supplies old log-probs
-                    with acc.autocast():
-                        if not on_policy:
-                            lp, m, _ = token_logprobs(behaviour if lag else model, chunk, pad_id=tok.pad_token_id,
-                                                      device=acc.device)
-                        if ref is not None:
-                            rlp, _, _ = token_logprobs(ref, chunk, pad_id=tok.pad_token_id, device=acc.device)
-                            ref_lp += list(rlp)
-                    old_lp += list(lp)
-                    masks += list(m * torch.tensor(valid[k:k + len(chunk)], device=m.device)[:, None])
-            model.train()
-            width = max(x.shape[0] for x in old_lp)
 
-            def stack(rows: list, width: int = width) -> torch.Tensor:
-                return torch.stack([torch.nn.functional.pad(r, (0, width - r.shape[0])) for r in rows])
+def _start_stale_policy(t: Training, sampler: Sampler, ckpt, *, step: int, lag: int) -> None:
+    """The stale copy and its weight history: the start weights, or a resumed checkpoint's."""
+    if not lag:
+        return
+    import copy
 
-            old = stack(old_lp)
-            mask = stack(masks)
-            refs = stack(ref_lp) if ref is not None else None
-            kl = kl_estimate(old, refs, kind=rc.kl_estimator) * mask if refs is not None else None
-            # rl.stress_logprob_mismatch: old log-probs off by rare large gaps (an engine that disagrees
-            # with the trainer); seeded by seed, step and process, so a resumed run draws the same
-            gaps = engine_logprob_gaps(
-                mask, share=rc.stress_logprob_mismatch, gap=rc.stress_logprob_gap,
-                generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 7_919 + acc.process_index),
-            ) if rc.stress_logprob_mismatch else None
+    from r1rm.core.stress import lag_window_complete
+    from r1rm.runtime.checkpoint import load_extra
 
-            # ---- 4. advantages
-            t_adv = time.perf_counter()
-            trained = totals
-            if rc.stress_reward_outliers:  # rl.stress_reward_outliers: rewards far off the batch's, for training only
-                trained, n_out = with_reward_outliers(
-                    totals, valid, share=rc.stress_reward_outliers, value=rc.stress_outlier_reward,
-                    generator=torch.Generator().manual_seed(cfg.seed * 1_000_033 + step * 7_907 + acc.process_index))
-                counters["stress_reward_outliers"] = counters.get("stress_reward_outliers", 0) + n_out
-            reward_t = torch.tensor(trained, device=acc.device)
-            raw = raw_advantages(rc.algorithm, reward_t, mask, kl=kl if rc.kl_in == "reward" else None,
-                                 kl_coef=rc.kl_coef, group_size=n, scale_std=rc.grpo_scale_std)
-            mean, std = 0.0, 1.0
-            if batch_normalised(rc.algorithm):
-                mean, std = moments_to_mean_std(acc.reduce(masked_moments(raw, mask), reduction="sum"))
-            rsum, rcount = reduce_sum([sum(trained), sum(valid)])
-            adv, dropped = finish_advantages(rc.algorithm, raw, mask, mean=mean, std=std, adv_filter=adv_filter,
-                                             sigma=rc.adv_filter_sigma, raw_reward_mean=rsum / max(rcount, 1.0))
-            t_adv = time.perf_counter() - t_adv
+    sampler.stale = copy.deepcopy(t.acc.unwrap_model(t.model)).eval().requires_grad_(False)
+    extra = load_extra(ckpt) if ckpt is not None else None
+    if ckpt is not None and (extra is None or not lag_window_complete(extra.get("lag_history", []), step=step, lag=lag)):
+        raise ConfigError(f"checkpoint {ckpt} holds no rollout-lag weights for rl.stress.rollout_lag={lag}",
+                          fix="start this run afresh (runtime.resume=false) or in a new output_dir")
+    sampler.history = extra["lag_history"] if extra is not None else [_weights(t)]
 
-            # ---- 5. policy updates
-            stats = {"clip_frac": 0.0, "preclip_high_frac": 0.0, "preclip_low_frac": 0.0, "ratio_max": 0.0,
-                     "ratio_min": math.inf, "loss_token_max": 0.0, "approx_kl": 0.0, "entropy": 0.0, "loss": 0.0,
-                     "micro": 0}
-            grad_norm, grad_norm_max = None, None
-            for ppo_epoch in range(rc.ppo_epochs):
-                g = torch.Generator().manual_seed(cfg.seed * 7919 + step * 31 + ppo_epoch)
-                # a prompt's n samples stay together (one prompt forward for the group) when grouped
-                unit = n if grouped else 1
-                perm = [k * unit + j for k in torch.randperm(len(seqs) // unit, generator=g).tolist() for j in range(unit)]
-                for start in range(0, len(perm), per_proc_train):
-                    # micro batches of similar length (less padding): the update sums their
-                    # gradients, so which sequences share a micro batch does not change it
-                    units = [perm[u:u + unit] for u in range(start, min(start + per_proc_train, len(perm)), unit)]
-                    batch_ids = [k for grp in sorted(units, key=lambda grp: max(seqs[k].n_tokens for k in grp)) for k in grp]
-                    tok_total = reduce_sum([float(mask[batch_ids].sum())])[0]
-                    bad = torch.zeros((), device=acc.device)
-                    for mstart in range(0, len(batch_ids), rc.micro_batch_size):
-                        ids = batch_ids[mstart:mstart + rc.micro_batch_size]
-                        with acc.accumulate(model):
-                            with acc.autocast():
-                                if grouped:
-                                    lp, m, ent = grouped_token_logprobs(
-                                        model, [[seqs[k] for k in ids[u:u + n]] for u in range(0, len(ids), n)],
-                                        pad_id=tok.pad_token_id, device=acc.device, with_entropy=True)
-                                else:
-                                    lp, m, ent = token_logprobs(model, [seqs[k] for k in ids], pad_id=tok.pad_token_id,
-                                                                device=acc.device, with_entropy=True)
-                            w = lp.shape[1]
-                            mm = mask[ids][:, :w]
-                            old_ids = lp.detach() if on_policy else old[ids][:, :w]
-                            if gaps is not None:
-                                old_ids = old_ids - gaps[ids][:, :w]
-                            loss, st = clipped_policy_loss(lp, old_ids, adv[ids][:, :w], mm,
-                                                           clip_eps_low=rc.clip_eps, clip_eps_high=rc.clip_eps_high,
-                                                           pre_clip_ratio=pre_clip_ratio, agg=rc.loss_agg)
-                            if refs is not None and rc.kl_in == "loss":
-                                loss = loss + rc.kl_coef * aggregate(kl_estimate(lp, refs[ids][:, :w], kind=rc.kl_estimator),
-                                                                     mm, mode=rc.loss_agg)
-                            if rc.loss_agg == "token_mean":
-                                scale = float(mm.sum()) * acc.num_processes / max(tok_total, 1.0)
-                            else:
-                                scale = len(ids) / len(batch_ids)
-                            if not torch.isfinite(loss):
-                                bad += 1
-                                counters["nonfinite_microbatches"] += 1
-                                loss = lp.nan_to_num(0.0, 0.0, 0.0).sum() * 0.0
-                            acc.backward(loss * scale * accum)
-                            stats["loss"] += float(loss.detach()) * scale
-                            stats["micro"] += 1
-                            stats["clip_frac"] += st["clip_frac"]
-                            stats["preclip_high_frac"] += st["preclip_high_frac"]
-                            stats["preclip_low_frac"] += st["preclip_low_frac"]
-                            stats["ratio_max"] = max(stats["ratio_max"], st["ratio_max"])
-                            stats["ratio_min"] = min(stats["ratio_min"], st["ratio_min"])
-                            stats["loss_token_max"] = max(stats["loss_token_max"], st["loss_token_max"])
-                            stats["approx_kl"] += st["approx_kl"]
-                            stats["entropy"] += float((ent.detach() * mm).sum() / mm.sum().clamp(min=1))
-                            if acc.sync_gradients:
-                                grad_norm = apply_update(acc, params, optimizer, scheduler, bad=bad,
-                                                         max_grad_norm=rc.max_grad_norm, deepspeed=deepspeed,
-                                                         counters=counters)
-                                if grad_norm is not None:  # the largest over the step's updates (nan/inf kept)
-                                    gn = float(grad_norm)
-                                    if grad_norm_max is None or not math.isfinite(gn) or gn > grad_norm_max:
-                                        grad_norm_max = gn
-            if vllm_engine is not None:
-                from r1rm.runtime.weight_sync import push_and_check
 
-                ok_idx = [k for k, flag in enumerate(keep) if flag][:2]
-                push_and_check(vllm_engine, acc, model, [requests[j] for j in range(len(ok_idx))],
-                               [prompts[k] for k in ok_idx], pad_id=tok.pad_token_id, tol=rc.logprob_check_tol)
-            t_train = time.perf_counter() - t0
-            t_step = time.perf_counter() - t_step
-            step += 1
-            if lag:
-                history = [*history, weights()][-(lag + 1):]
+def _advance_stale_policy(t: Training, sampler: Sampler, *, lag: int) -> None:
+    """After an update: the window of weights moves on by one step."""
+    if sampler.stale is not None:
+        from r1rm.core.stress import lag_window
 
-            # ---- 6. metrics, eval, checkpoints
-            n_valid = max(sum(valid), 1.0)
-            parsed = sum(1 for t, v in zip(texts, valid, strict=True) if v and extract_answer(t, allow_fallback=False).choice)
-            local = [sum(totals), sum(fmt), sum(res), sum(cons), sum(typ), n_valid, float(parsed),
-                     float(mask.sum()), float(dropped.sum()), float(kl.sum()) if kl is not None else 0.0,
-                     stats["clip_frac"], stats["approx_kl"], stats["entropy"], float(max(stats["micro"], 1)), stats["loss"],
-                     float(sum(v for v, lab in zip(valid, labels, strict=True) if lab == 1)),
-                     stats["preclip_high_frac"], stats["preclip_low_frac"]]
-            g_ = reduce_sum(local)
-            nv, nt, nm = g_[5], max(g_[7], 1.0), g_[13]
-            metrics = {
-                "reward": g_[0] / nv, "reward_format": g_[1] / nv, "reward_result": g_[2] / nv,
-                "reward_consistency": g_[3] / nv, "reward_type": g_[4] / nv, "accuracy": g_[2] / nv,
-                "parse_fail_rate": 1.0 - g_[6] / nv, "response_length": g_[7] / nv,
-                "rollout_samples": int(g_[5]), "label1_share": g_[15] / nv, "adv_filtered": g_[8] / nt, "kl_ref": g_[9] / nt if kl is not None else None,
-                "clip_frac": g_[10] / nm, "approx_kl": g_[11] / nm, "entropy": g_[12] / nm, "loss": g_[14] / acc.num_processes,
-                "preclip_high_frac": g_[16] / nm, "preclip_low_frac": g_[17] / nm,
-                "ratio_max": float(acc.reduce(torch.tensor(stats["ratio_max"], device=acc.device), reduction="max"))
-                if acc.num_processes > 1 else stats["ratio_max"],
-                "ratio_min": -float(acc.reduce(torch.tensor(-stats["ratio_min"], device=acc.device), reduction="max"))
-                if acc.num_processes > 1 else stats["ratio_min"],
-                "loss_token_max": float(acc.reduce(torch.tensor(stats["loss_token_max"], device=acc.device), reduction="max"))
-                if acc.num_processes > 1 else stats["loss_token_max"],
-                "grad_norm": None if grad_norm is None else float(grad_norm), "grad_norm_max": grad_norm_max, "lr": scheduler.get_last_lr()[0],
-                "judge_failures": judge_stats.failures, "time_rollout_s": t_rollout, "time_reward_s": t_reward,
-                "time_train_s": t_train, "time_generate_s": t_gen, "step_time_s": t_step,
-                # everything but generate / forward / backward / optimizer: prompt encoding, rewards, advantages
-                "time_overhead_s": (t_rollout - t_gen) + t_reward + t_adv, **counters,
-            }
-            if rc.eval_every_steps and cfg.data.eval and (step % rc.eval_every_steps == 0 or step == total_rollouts):
-                last_eval = held_out_eval(cfg, acc, model, processor, step=step)
-                metrics.update(last_eval)
-                new_best = improved_best(best, value=last_eval[f"eval/{rc.best_metric}"], step=step,
-                                         metric=rc.best_metric) if rc.keep_best else None
-                if new_best is not None:  # the eval is gathered: every process takes the same branch
-                    best = new_best
-                    save_best(acc, model, processor, out, record=best)
-            if step % cfg.runtime.log_every_steps == 0 or step == total_rollouts:
-                log.log(step, metrics)
-            bar.update(task, advance=1, description=f"rl reward {metrics['reward']:.3f} acc {metrics['accuracy']:.2f}")
-            if step % rc.save_every_steps == 0 and step < total_rollouts:
-                save_checkpoint(acc, model, processor, out, step=step, keep_last=rc.keep_last,
-                                trainer_state={"run": identity, "step": step, "counters": counters, "judge": vars(judge_stats),
-                                               "last_eval": last_eval, "best": best},
-                                extra={"lag_history": history} if lag else None)
+        sampler.history = lag_window(sampler.history, _weights(t), lag=lag)
 
-    if finished_before(out, ckpt, step=step, resumed_at=resumed_at):
-        log.close()
-        if judge_engine is not None:
-            judge_engine.close()
-        acc.end_training()
-        return json.loads((out / "summary.json").read_text())
-    save_checkpoint(acc, model, processor, out, step=step, keep_last=rc.keep_last,
-                    trainer_state={"run": identity, "step": step, "counters": counters, "judge": vars(judge_stats), "last_eval": last_eval,
-                                   "best": best, "final": True},
-                    extra={"lag_history": history} if lag else None)
-    state_dict = acc.get_state_dict(model)
-    summary = {"steps": step, "processes": acc.num_processes, "algorithm": rc.algorithm, "pre_clip": pre_clip_ratio,
-               "grouped_forward": grouped,
-               "adv_filter": adv_filter, **({"label_noise_flipped": label_noise_flipped} if rc.stress_label_noise else {}),
-               **counters, "judge_calls": judge_stats.calls,
-               "judge_failures": judge_stats.failures, **last_eval, **({"best": best} if rc.keep_best else {})}
-    if acc.is_main_process:
-        save_hf(acc.unwrap_model(model), processor, out / "model", state_dict=state_dict)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        from rich.console import Console
 
-        Console().print(f"rl done: {step} rollout steps ({rc.algorithm}); model in [bold]{out / 'model'}[/]; "
-                        f"{counters['skipped_updates']} updates skipped as non-finite")
-        if best is not None:
-            Console().print(f"best periodic eval: {best['metric']} {best['value']:.4f} at step {best['step']} "
-                            f"([bold]{out / 'best'}[/])")
-    log.close()
-    if judge_engine is not None:
-        judge_engine.close()
-    acc.wait_for_everyone()
-    acc.end_training()
-    return summary
+def _lag_extra(sampler: Sampler) -> dict | None:
+    """What a checkpoint keeps besides the model for an exact resume of a stale rollout engine."""
+    return {"lag_history": sampler.history} if sampler.stale is not None else None
+
+
+# ================================================================ 1. rollouts
+@dataclass(frozen=True)
+class Rollout:
+    """Step 1: per prompt shown its encoding and whether it fits; per sample (n a prompt) the rest."""
+
+    prompts: list[dict]  # processor encodings of the prompts shown
+    keep: list[bool]  # within rl.max_prompt_len (a longer prompt is skipped, never cut)
+    requests: list  # the engine requests of the prompts kept
+    seqs: list  # prompt + response (runtime.batches.Encoded)
+    texts: list[str]
+    labels: list[int]
+    task_types: list
+    valid: list[float]  # 1.0 a sampled response; 0.0 a masked placeholder
+    t_gen: float
+    t_rollout: float
+
+
+def _prompts_of_step(cfg: Config, t: Training, plan: Plan, step: int) -> list[int]:
+    """This process's share of the step's rollout batch: the data position is the step."""
+    from r1rm.data.training_sets import epoch_order
+
+    rc = cfg.rl
+    epoch, b = divmod(step, plan.steps_per_epoch)
+    order = epoch_order(len(plan.items), seed=cfg.seed, epoch=epoch, shuffle=rc.shuffle)
+    return order[b * rc.rollout_batch_size:(b + 1) * rc.rollout_batch_size][t.acc.process_index::t.acc.num_processes]
+
+
+def _rollout(cfg: Config, t: Training, plan: Plan, sampler: Sampler, mine: list[int], *, step: int,
+             counters: dict) -> Rollout:
+    from r1rm.engines.base import SamplingParams
+
+    rc = cfg.rl
+    t0 = time.perf_counter()
+    # each item as given, and with rl.both_orders also swapped (label follows) in the same batch
+    shown = [(i, rec) for i in mine for rec in ((plan.items[i].rec, plan.items[i].rec.swapped()) if rc.both_orders
+                                                else (plan.items[i].rec,))]
+    prompts, keep, requests = _encode_prompts(cfg, t.processor, plan.items, shown, counters)
+    sampling = SamplingParams(max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, n=plan.n,
+                              seed=cfg.seed * 100_003 + step * 131 + t.acc.process_index)
+    t_gen = time.perf_counter()
+    results = _generate(cfg, t, sampler, requests, sampling)
+    t_gen = time.perf_counter() - t_gen
+    res_iter = iter(results)
+    seqs, texts, labels, task_types, valid = [], [], [], [], []
+    for (_i, rec), enc, ok in zip(shown, prompts, keep, strict=True):
+        for s in (next(res_iter) if ok else [None] * plan.n):
+            seq = _sequence(enc, s, sampler, counters)
+            # a prompt over max_prompt_len, or a refused response: a masked placeholder keeps processes in step
+            seqs.append(seq if seq is not None else _sequence_placeholder(enc, sampler))
+            texts.append(s.text if seq is not None else "")
+            valid.append(1.0 if seq is not None else 0.0)
+            labels.append(rec.label)
+            task_types.append(rec.task_type)
+    return Rollout(prompts=prompts, keep=keep, requests=requests, seqs=seqs, texts=texts, labels=labels,
+                   task_types=task_types, valid=valid, t_gen=t_gen, t_rollout=time.perf_counter() - t0)
+
+
+def _encode_prompts(cfg: Config, processor, items: list, shown: list, counters: dict) -> tuple[list, list, list]:
+    from r1rm.data.chat import record_messages
+    from r1rm.data.media import fit_visuals
+    from r1rm.engines.base import Request
+    from r1rm.runtime.rollout import encode_prompt
+
+    prompts, keep, requests = [], [], []
+    for i, rec in shown:
+        it = items[i]
+        # resized once here (several visuals share the pixel budget); the engine gets the result
+        msgs = fit_visuals(record_messages(rec, prompt=cfg.data.prompt, image_root=it.root,
+                                           video_max_frames=cfg.model.video_max_frames,
+                                           max_pixels=cfg.model.max_pixels))
+        enc = encode_prompt(processor, msgs)
+        ok = enc["input_ids"].shape[1] <= cfg.rl.max_prompt_len
+        counters["skipped_long_prompts"] += 0 if ok else 1
+        prompts.append(enc)
+        keep.append(ok)
+        if ok:
+            requests.append(Request(msgs))
+    return prompts, keep, requests
+
+
+def _generate(cfg: Config, t: Training, sampler: Sampler, requests: list, sampling) -> list:
+    from r1rm.engines.hf import HFEngine
+    from r1rm.runtime.accel import gathered_for_generation
+
+    if sampler.vllm is not None:
+        return sampler.vllm.generate(requests, sampling)
+    if sampler.stale is not None:
+        sampler.stale.load_state_dict(sampler.history[0])
+        return HFEngine(sampler.stale, t.processor, batch_size=cfg.engine.batch_size,
+                        share_prefill=cfg.engine.share_prefill).generate(requests, sampling)
+    engine = HFEngine(t.acc.unwrap_model(t.model), t.processor, batch_size=cfg.engine.batch_size,
+                      share_prefill=cfg.engine.share_prefill)
+    with gathered_for_generation(t.acc, t.model):
+        return engine.generate(requests, sampling)
+
+
+def _sequence(enc: dict, sample, sampler: Sampler, counters: dict):
+    """Prompt + sampled response as a training sequence; None for no sample (a skipped prompt) or a
+    response holding a vision placeholder (masked out, counted)."""
+    from r1rm.runtime.rollout import build_sequence
+
+    if sample is None:
+        return None
+    try:
+        return build_sequence(enc, list(sample.token_ids) + ([sampler.eos_id] if sample.finished else []),
+                              forbidden=sampler.vision_ids)
+    except ValueError:
+        counters["invalid_responses"] = counters.get("invalid_responses", 0) + 1
+        return None
+
+
+def _sequence_placeholder(enc: dict, sampler: Sampler):
+    from r1rm.runtime.rollout import build_sequence
+
+    return build_sequence(enc, [sampler.eos_id])
+
+
+# ================================================================ 2. rewards
+@dataclass(frozen=True)
+class Rewards:
+    """Step 2, per sample: the reward terms (METHOD §2) and their total (0 for a masked sample)."""
+
+    fmt: list[float]
+    result: list[float]
+    consistency: list[int]
+    type: list[float]
+    total: list[float]
+    t_reward: float
+
+
+def _rewards(cfg: Config, ro: Rollout, checker, stats: ConsistencyStats) -> Rewards:
+    from r1rm.core.rewards import combine, format_reward, result_reward, type_reward
+    from r1rm.runtime.consistency import consistency_scores
+
+    rc = cfg.rl
+    t0 = time.perf_counter()
+    fmt = [format_reward(x, prompt=cfg.data.prompt) for x in ro.texts]
+    res = [result_reward(x, lab) for x, lab in zip(ro.texts, ro.labels, strict=True)]
+    cons = [0] * len(ro.texts)
+    right = [k for k, r in enumerate(res) if r > 0]  # consistency only matters when the result is right
+    scores = consistency_scores(rc.consistency.mode, [ro.texts[k] for k in right], engine=checker,
+                                temperature=rc.consistency.temperature, retries=rc.consistency.retries, stats=stats)
+    for k, c in zip(right, scores, strict=True):
+        cons[k] = c
+    msrl = cfg.data.prompt == "msrl"
+    typ = [type_reward(x, tt) if msrl else 0.0 for x, tt in zip(ro.texts, ro.task_types, strict=True)]
+    totals = [combine(fmt=f, result=r, consistency=c, type_score=ty, format_weight=rc.format_weight,
+                      consistency_weight=rc.consistency_weight, type_weight=rc.type_weight if msrl else 0.0) * v
+              for f, r, c, ty, v in zip(fmt, res, cons, typ, ro.valid, strict=True)]
+    return Rewards(fmt=fmt, result=res, consistency=cons, type=typ, total=totals, t_reward=time.perf_counter() - t0)
+
+
+# ================================================================ 3. old and reference log-probs
+@dataclass(frozen=True)
+class LogProbs:
+    """Step 3, (B, T) over the rollout's sequences, right-padded to the longest."""
+
+    old_logp: Any  # the rollout policy's log-probs (zeros, never read, when on-policy)
+    mask: Any  # valid response tokens (none for a masked sample)
+    ref_logp: Any | None  # the reference model's (rl.kl_coef > 0)
+    kl: Any | None  # the KL estimate of old vs reference on valid tokens
+    gaps: Any | None  # rl.stress.logprob_mismatch: subtracted from old_logp in the update
+
+
+def _old_logprobs(cfg: Config, t: Training, plan: Plan, ro: Rollout, sampler: Sampler, *, step: int) -> LogProbs:
+    import torch
+
+    from r1rm.core.policy_loss import kl_estimate
+    from r1rm.runtime.rollout import response_mask, token_logprobs
+
+    rc, acc = cfg.rl, t.acc
+    policy = sampler.stale if sampler.stale is not None else t.model
+    old_rows, mask_rows, ref_rows = [], [], []
+    t.model.eval()
+    with torch.no_grad():
+        for k in range(0, len(ro.seqs), rc.micro_batch_size):
+            chunk = ro.seqs[k:k + rc.micro_batch_size]
+            if plan.on_policy:
+                m = response_mask(chunk).to(acc.device)
+                logp = torch.zeros_like(m)  # never read: the update pass supplies old log-probs
+            with acc.autocast():
+                if not plan.on_policy:
+                    logp, m, _ = token_logprobs(policy, chunk, pad_id=t.tok.pad_token_id, device=acc.device)
+                if t.ref is not None:
+                    ref_logp, _, _ = token_logprobs(t.ref, chunk, pad_id=t.tok.pad_token_id, device=acc.device)
+                    ref_rows += list(ref_logp)
+            old_rows += list(logp)
+            mask_rows += list(m * torch.tensor(ro.valid[k:k + len(chunk)], device=m.device)[:, None])
+    t.model.train()
+    width = max(x.shape[0] for x in old_rows)
+
+    def stack(rows: list) -> torch.Tensor:
+        return torch.stack([torch.nn.functional.pad(r, (0, width - r.shape[0])) for r in rows])
+
+    old_logp, mask = stack(old_rows), stack(mask_rows)
+    ref_logp = stack(ref_rows) if t.ref is not None else None
+    kl = kl_estimate(old_logp, ref_logp, kind=rc.kl_estimator) * mask if ref_logp is not None else None
+    return LogProbs(old_logp=old_logp, mask=mask, ref_logp=ref_logp, kl=kl,
+                    gaps=_logprob_gaps(cfg, mask, step=step, rank=acc.process_index))
+
+
+def _logprob_gaps(cfg: Config, mask, *, step: int, rank: int):
+    """rl.stress.logprob_mismatch: old log-probs off by rare large gaps (an engine that disagrees
+    with the trainer); seeded by seed, step and process, so a resumed run draws the same."""
+    st = cfg.rl.stress
+    if not st.logprob_mismatch:
+        return None
+    from r1rm.core.stress import engine_logprob_gaps, logprob_gap_generator
+
+    return engine_logprob_gaps(mask, share=st.logprob_mismatch, gap=st.logprob_gap,
+                               generator=logprob_gap_generator(seed=cfg.seed, step=step, rank=rank))
+
+
+# ================================================================ 4. advantages
+def _advantages(cfg: Config, t: Training, plan: Plan, ro: Rollout, rw: Rewards, lp: LogProbs, adv_filter: str, *,
+                step: int, counters: dict) -> tuple[Any, Any, float]:
+    """(adv (B, T), the filter's dropped mask, seconds): the rl.algorithm estimator on the rewards,
+    normalised with the rollout batch's statistics across processes where it needs them."""
+    import torch
+
+    from r1rm.core.advantages import (
+        finish_advantages,
+        masked_moments,
+        moments_to_mean_std,
+        needs_batch_moments,
+        raw_advantages,
+    )
+
+    rc = cfg.rl
+    t0 = time.perf_counter()
+    trained = rw.total
+    if rc.stress.reward_outliers:  # rewards far off the batch's, for training only (metrics report the true ones)
+        from r1rm.core.stress import outlier_generator, with_reward_outliers
+
+        trained, n_out = with_reward_outliers(
+            rw.total, ro.valid, share=rc.stress.reward_outliers, value=rc.stress.outlier_reward,
+            generator=outlier_generator(seed=cfg.seed, step=step, rank=t.acc.process_index))
+        counters["stress_reward_outliers"] = counters.get("stress_reward_outliers", 0) + n_out
+    reward_t = torch.tensor(trained, device=t.acc.device)
+    raw = raw_advantages(rc.algorithm, reward_t, lp.mask, kl=lp.kl if rc.kl_in == "reward" else None,
+                         kl_coef=rc.kl_coef, group_size=plan.n, scale_std=rc.grpo_scale_std)
+    mean, std = 0.0, 1.0
+    if needs_batch_moments(rc.algorithm, adv_filter=adv_filter):
+        mean, std = moments_to_mean_std(t.acc.reduce(masked_moments(raw, lp.mask), reduction="sum"))
+    adv, dropped = finish_advantages(rc.algorithm, raw, lp.mask, mean=mean, std=std, adv_filter=adv_filter,
+                                     sigma=rc.adv_filter_sigma)
+    return adv, dropped, time.perf_counter() - t0
+
+
+# ================================================================ 5. policy updates
+def _update(cfg: Config, t: Training, plan: Plan, ro: Rollout, lp: LogProbs, adv, *, pre_clip_ratio: float | None,
+            step: int, counters: dict) -> dict:
+    """rl.ppo_epochs passes over the rollout in train batches (micro-batches + accumulation); returns
+    the update's stats summed over its micro-batches (extremes kept), and its gradient norms."""
+    import torch
+
+    from r1rm.runtime.accel import apply_update
+
+    rc, acc = cfg.rl, t.acc
+    stats = {"clip_frac": 0.0, "preclip_high_frac": 0.0, "preclip_low_frac": 0.0, "ratio_max": 0.0,
+             "ratio_min": math.inf, "loss_token_max": 0.0, "approx_kl": 0.0, "entropy": 0.0, "loss": 0.0,
+             "micro": 0, "grad_norm": None, "grad_norm_max": None}
+    for ppo_epoch in range(rc.ppo_epochs):
+        for batch_ids in _train_batches(ro.seqs, plan, seed=cfg.seed, step=step, ppo_epoch=ppo_epoch):
+            tok_total = _reduce_sum(acc, [float(lp.mask[batch_ids].sum())])[0]
+            bad = torch.zeros((), device=acc.device)
+            for start in range(0, len(batch_ids), rc.micro_batch_size):
+                ids = batch_ids[start:start + rc.micro_batch_size]
+                with acc.accumulate(t.model):
+                    _micro_batch(cfg, t, plan, ro, lp, adv, ids, pre_clip_ratio=pre_clip_ratio, tok_total=tok_total,
+                                 batch_len=len(batch_ids), bad=bad, stats=stats, counters=counters)
+                    if acc.sync_gradients:
+                        grad_norm = apply_update(acc, t.params, t.optimizer, t.scheduler, bad=bad,
+                                                 max_grad_norm=rc.max_grad_norm, deepspeed=t.deepspeed,
+                                                 counters=counters)
+                        stats["grad_norm"] = grad_norm
+                        if grad_norm is not None:  # the largest over the step's updates (nan/inf kept)
+                            gn, top = float(grad_norm), stats["grad_norm_max"]
+                            if top is None or not math.isfinite(gn) or gn > top:
+                                stats["grad_norm_max"] = gn
+    return stats
+
+
+def _train_batches(seqs: list, plan: Plan, *, seed: int, step: int, ppo_epoch: int) -> list[list[int]]:
+    """One PPO epoch's train batches of this process: a seeded permutation of the rollout (a
+    prompt's n samples stay together when grouped), each batch in micro batches of similar
+    length (less padding: the update sums their gradients, so which sequences share a micro
+    batch does not change it)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 7919 + step * 31 + ppo_epoch)
+    unit = plan.n if plan.grouped else 1
+    perm = [k * unit + j for k in torch.randperm(len(seqs) // unit, generator=g).tolist() for j in range(unit)]
+    batches = []
+    for start in range(0, len(perm), plan.per_proc_train):
+        units = [perm[u:u + unit] for u in range(start, min(start + plan.per_proc_train, len(perm)), unit)]
+        batches.append([k for grp in sorted(units, key=lambda grp: max(seqs[k].n_tokens for k in grp)) for k in grp])
+    return batches
+
+
+def _micro_batch(cfg: Config, t: Training, plan: Plan, ro: Rollout, lp: LogProbs, adv, ids: list[int], *,
+                 pre_clip_ratio: float | None, tok_total: float, batch_len: int, bad, stats: dict,
+                 counters: dict) -> None:
+    """Forward and backward of one micro batch (inside accumulate); its stats added to `stats`. A
+    non-finite loss backs a zero gradient instead and marks the update `bad` (skipped, counted)."""
+    import torch
+
+    from r1rm.core.policy_loss import aggregate, clipped_policy_loss, kl_estimate
+    from r1rm.runtime.rollout import grouped_token_logprobs, token_logprobs
+
+    rc, acc, n = cfg.rl, t.acc, plan.n
+    with acc.autocast():
+        if plan.grouped:
+            logp, _, ent = grouped_token_logprobs(
+                t.model, [[ro.seqs[k] for k in ids[u:u + n]] for u in range(0, len(ids), n)],
+                pad_id=t.tok.pad_token_id, device=acc.device, with_entropy=True)
+        else:
+            logp, _, ent = token_logprobs(t.model, [ro.seqs[k] for k in ids], pad_id=t.tok.pad_token_id,
+                                          device=acc.device, with_entropy=True)
+    w = logp.shape[1]
+    mask = lp.mask[ids][:, :w]
+    old_logp = logp.detach() if plan.on_policy else lp.old_logp[ids][:, :w]
+    if lp.gaps is not None:
+        old_logp = old_logp - lp.gaps[ids][:, :w]
+    loss, st = clipped_policy_loss(logp, old_logp, adv[ids][:, :w], mask, clip_eps_low=rc.clip_eps,
+                                   clip_eps_high=rc.clip_eps_high, pre_clip_ratio=pre_clip_ratio, agg=rc.loss_agg)
+    if lp.ref_logp is not None and rc.kl_in == "loss":
+        loss = loss + rc.kl_coef * aggregate(kl_estimate(logp, lp.ref_logp[ids][:, :w], kind=rc.kl_estimator),
+                                             mask, mode=rc.loss_agg)
+    if rc.loss_agg == "token_mean":  # the mean over the train batch's tokens on all processes
+        scale = float(mask.sum()) * acc.num_processes / max(tok_total, 1.0)
+    else:
+        scale = len(ids) / batch_len
+    if not torch.isfinite(loss):
+        bad.add_(1)
+        counters["nonfinite_microbatches"] += 1
+        loss = logp.nan_to_num(0.0, 0.0, 0.0).sum() * 0.0
+    acc.backward(loss * scale * plan.accum)
+    stats["loss"] += float(loss.detach()) * scale
+    stats["micro"] += 1
+    for key in ("clip_frac", "preclip_high_frac", "preclip_low_frac", "approx_kl"):
+        stats[key] += st[key]
+    stats["ratio_max"] = max(stats["ratio_max"], st["ratio_max"])
+    stats["ratio_min"] = min(stats["ratio_min"], st["ratio_min"])
+    stats["loss_token_max"] = max(stats["loss_token_max"], st["loss_token_max"])
+    stats["entropy"] += float((ent.detach() * mask).sum() / mask.sum().clamp(min=1))
+
+
+def _push_weights(cfg: Config, t: Training, sampler: Sampler, ro: Rollout) -> None:
+    """Colocated vLLM: the updated weights into the engine, checked on two of the step's prompts."""
+    from r1rm.runtime.weight_sync import push_and_check
+
+    ok_idx = [k for k, flag in enumerate(ro.keep) if flag][:2]
+    push_and_check(sampler.vllm, t.acc, t.model, [ro.requests[j] for j in range(len(ok_idx))],
+                   [ro.prompts[k] for k in ok_idx], pad_id=t.tok.pad_token_id, tol=cfg.rl.logprob_check_tol)
+
+
+# ================================================================ 6. metrics, eval, checkpoints
+def _reduce_sum(acc, values: list[float]) -> list[float]:
+    import torch
+
+    t = torch.tensor(values, device=acc.device, dtype=torch.float64)
+    return acc.reduce(t, reduction="sum").tolist()
+
+
+def _reduce_max(acc, value: float) -> float:
+    if acc.num_processes == 1:
+        return value
+    import torch
+
+    return float(acc.reduce(torch.tensor(value, device=acc.device), reduction="max"))
+
+
+def _metrics(t: Training, ro: Rollout, rw: Rewards, lp: LogProbs, dropped, upd: dict, *, totals: _Totals,
+             times: dict) -> dict:
+    """The step's metrics: sums over every process's samples, tokens and micro batches, divided."""
+    from r1rm.core.parsing import extract_answer
+
+    acc = t.acc
+    parsed = sum(1 for x, v in zip(ro.texts, ro.valid, strict=True) if v and extract_answer(x, allow_fallback=False).choice)
+    local = {"reward": sum(rw.total), "format": sum(rw.fmt), "result": sum(rw.result),
+             "consistency": sum(rw.consistency), "type": sum(rw.type), "samples": max(sum(ro.valid), 1.0),
+             "parsed": float(parsed), "tokens": float(lp.mask.sum()), "dropped": float(dropped.sum()),
+             "kl": float(lp.kl.sum()) if lp.kl is not None else 0.0, "clip_frac": upd["clip_frac"],
+             "approx_kl": upd["approx_kl"], "entropy": upd["entropy"], "micro": float(max(upd["micro"], 1)),
+             "loss": upd["loss"], "label1": float(sum(v for v, lab in zip(ro.valid, ro.labels, strict=True) if lab == 1)),
+             "preclip_high_frac": upd["preclip_high_frac"], "preclip_low_frac": upd["preclip_low_frac"]}
+    g = dict(zip(local, _reduce_sum(acc, list(local.values())), strict=True))
+    nv, nt, nm = g["samples"], max(g["tokens"], 1.0), g["micro"]
+    grad_norm = upd["grad_norm"]
+    return {
+        "reward": g["reward"] / nv, "reward_format": g["format"] / nv, "reward_result": g["result"] / nv,
+        "reward_consistency": g["consistency"] / nv, "reward_type": g["type"] / nv, "accuracy": g["result"] / nv,
+        "parse_fail_rate": 1.0 - g["parsed"] / nv, "response_length": g["tokens"] / nv,
+        "rollout_samples": int(g["samples"]), "label1_share": g["label1"] / nv, "adv_filtered": g["dropped"] / nt,
+        "kl_ref": g["kl"] / nt if lp.kl is not None else None,
+        "clip_frac": g["clip_frac"] / nm, "approx_kl": g["approx_kl"] / nm, "entropy": g["entropy"] / nm,
+        "loss": g["loss"] / acc.num_processes,
+        "preclip_high_frac": g["preclip_high_frac"] / nm, "preclip_low_frac": g["preclip_low_frac"] / nm,
+        "ratio_max": _reduce_max(acc, upd["ratio_max"]), "ratio_min": -_reduce_max(acc, -upd["ratio_min"]),
+        "loss_token_max": _reduce_max(acc, upd["loss_token_max"]),
+        "grad_norm": None if grad_norm is None else float(grad_norm), "grad_norm_max": upd["grad_norm_max"],
+        "lr": t.scheduler.get_last_lr()[0], "consistency_failures": totals.consistency.failures,
+        "time_rollout_s": times["rollout"], "time_reward_s": times["reward"], "time_train_s": times["train"],
+        "time_generate_s": times["generate"], "step_time_s": times["step"],
+        # everything but generate / forward / backward / optimizer: prompt encoding, rewards, advantages
+        "time_overhead_s": (times["rollout"] - times["generate"]) + times["reward"] + times["adv"],
+        **totals.counters,
+    }
+
+
+def _eval_log_save(cfg: Config, t: Training, plan: Plan, sampler: Sampler, metrics: dict, totals: _Totals, *,
+                   step: int, log) -> None:
+    """The periodic held-out eval (and rl.keep_best's best/), the metrics row, the checkpoint."""
+    from r1rm.core.metrics import improved_best
+    from r1rm.runtime.checkpoint import save_best
+
+    rc = cfg.rl
+    if rc.eval_every_steps and cfg.data.eval and (step % rc.eval_every_steps == 0 or step == plan.total_rollouts):
+        totals.last_eval = held_out_eval(cfg, t.acc, t.model, t.processor, step=step)
+        metrics.update(totals.last_eval)
+        new_best = improved_best(totals.best, value=totals.last_eval[f"eval/{rc.best_metric}"], step=step,
+                                 metric=rc.best_metric) if rc.keep_best else None
+        if new_best is not None:  # the eval is gathered: every process takes the same branch
+            totals.best = new_best
+            save_best(t.acc, t.model, t.processor, t.out, record=new_best)
+    if step % cfg.runtime.log_every_steps == 0 or step == plan.total_rollouts:
+        log.log(step, metrics)
+    if step % rc.save_every_steps == 0 and step < plan.total_rollouts:
+        training.save(t, step=step, keep_last=rc.keep_last, state=totals.state(), extra=_lag_extra(sampler))

@@ -8,11 +8,10 @@ per order and pooled over both orders (METHOD §5). Writes `votes.json` and `vot
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from r1rm.config import Config, save_config
+from r1rm.data.files import atomic_path, write_json_atomic
 from r1rm.errors import ConfigError
 
 CURVES = ("majority", "any", "weighted", "early_stop")
@@ -34,18 +33,17 @@ def plot_curve(votes: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def run(cfg: Config) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    from r1rm.commands.eval import GENERATIONS, read_generations
     from r1rm.core.voting import vote_curve
+    from r1rm.data.generations import GENERATIONS, read_generations
 
     out = Path(cfg.output_dir)
     save_config(cfg)
@@ -56,9 +54,7 @@ def run(cfg: Config) -> dict:
     except ValueError as e:
         raise ConfigError(f"cannot vote over {gen}: {e}", fix="set vote.k_max to at most the samples per item (eval.k)") from None
     votes["generations"] = str(gen)
-    tmp = out / ".votes.json.tmp"
-    tmp.write_text(json.dumps(votes, indent=2) + "\n")
-    os.replace(tmp, out / "votes.json")
+    write_json_atomic(out / "votes.json", votes)
     plot_curve(votes, out / "votes.png")
     table = Table(title=f"voting over {votes['k_max']} samples (pooled over orders)")
     for col in ("k", *CURVES, "early-stop samples"):

@@ -1,8 +1,9 @@
 """Advantage estimators for critic-free RL on a generative reward model (METHOD §3, §6).
 
-Every estimator is a pure function of tensors in a registry (`ESTIMATORS`); none calls a
-collective: batch-level statistics (mean / std over all valid tokens of the rollout batch,
-across processes) are computed by the caller from `masked_moments` and passed in.
+Every algorithm of `rl.algorithm` (`r1rm.core.algorithms.ALGORITHMS`) has one `Estimator` in
+the registry `ESTIMATORS`: pure functions of tensors, none calling a collective. Batch-level
+statistics (mean / std over all valid tokens of the rollout batch, across processes) are
+computed by the caller from `masked_moments` and passed in (`needs_batch_moments` says when).
 
 Shapes: B sequences, T response tokens. `mask` (B, T) is 1 on valid response tokens;
 `rewards` (B,) is the scalar reward of each sequence; `kl` (B, T) a per-token KL estimate.
@@ -12,8 +13,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+
+from r1rm.core.algorithms import ALGORITHMS
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -81,8 +85,11 @@ def filter_paper(adv: torch.Tensor, mask: torch.Tensor, *, sigma: float = 3.0) -
 
 def filter_official(adv: torch.Tensor, mask: torch.Tensor, *, raw_mean: float, sigma: float = 3.0,
                     hard_limit: float = 10.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The released R1-Reward code's filter: keep Â inside [μ−sigma, μ+sigma] where μ is the
-    *un-normalised* mean reward (a shifted window), and zero NaN, ±inf and |Â| > hard_limit."""
+    """The released R1-Reward code's filter (METHOD §3): keep the normalised Â inside
+    [μ−sigma, μ+sigma] where μ = `raw_mean` is the *un-normalised* mean (a shifted window), and
+    zero NaN, ±inf and |Â| > hard_limit. The released code's μ is the token-weighted mean of the
+    returns (KL terms included) over all valid tokens of the rollout batch: the `mean` of
+    `masked_moments(raw, mask)`, not the mean sequence reward. Returns (filtered, dropped mask)."""
     bad = ~torch.isfinite(adv) | (adv.abs() > hard_limit) | (adv < raw_mean - sigma) | (adv > raw_mean + sigma)
     drop = bad & mask.bool()
     return torch.where(drop, torch.zeros_like(adv), torch.nan_to_num(adv, 0.0, 0.0, 0.0)), drop
@@ -129,68 +136,94 @@ def broadcast(seq_adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return seq_adv.float()[:, None] * mask
 
 
-# The estimators of `rl.algorithm`; each maps (rewards, mask, kl, …) → unnormalised token advantages.
-SequenceEstimator = Callable[..., torch.Tensor]
-SEQUENCE_ESTIMATORS: dict[str, SequenceEstimator] = {
-    "grpo": grpo_advantages,
-    "rloo": rloo_advantages,
-    "reinforce_baseline": baseline_advantages,
+def _returns(rewards: torch.Tensor, mask: torch.Tensor, *, kl: torch.Tensor | None, kl_coef: float,
+             group_size: int, scale_std: bool) -> torch.Tensor:
+    """stable_reinforce / reinforce_pp: returns-to-go of the REINFORCE++ token rewards (KL in the
+    reward when `kl` is given)."""
+    return returns_to_go(token_rewards(rewards, mask, kl=kl, kl_coef=kl_coef), mask)
+
+
+def _grpo(rewards: torch.Tensor, mask: torch.Tensor, *, kl: torch.Tensor | None, kl_coef: float,
+          group_size: int, scale_std: bool) -> torch.Tensor:
+    """grpo: the group-normalised reward on every valid token (its KL, if any, goes in the loss)."""
+    return broadcast(grpo_advantages(rewards, group_size=group_size, scale_std=scale_std), mask)
+
+
+def _rloo(rewards: torch.Tensor, mask: torch.Tensor, *, kl: torch.Tensor | None, kl_coef: float,
+          group_size: int, scale_std: bool) -> torch.Tensor:
+    """rloo: the leave-one-out advantage on every valid token."""
+    return broadcast(rloo_advantages(rewards, group_size=group_size), mask)
+
+
+def _baseline(rewards: torch.Tensor, mask: torch.Tensor, *, kl: torch.Tensor | None, kl_coef: float,
+              group_size: int, scale_std: bool) -> torch.Tensor:
+    """reinforce_baseline: reward minus the prompt's mean reward on every valid token."""
+    return broadcast(baseline_advantages(rewards, group_size=group_size), mask)
+
+
+def _whiten(raw: torch.Tensor, mask: torch.Tensor, *, mean: float, std: float) -> torch.Tensor:
+    return normalise(raw, mask, mean=mean, std=std)
+
+
+def _by_std(raw: torch.Tensor, mask: torch.Tensor, *, mean: float, std: float) -> torch.Tensor:
+    return raw / (std + 1e-8) * mask
+
+
+def _as_is(raw: torch.Tensor, mask: torch.Tensor, *, mean: float, std: float) -> torch.Tensor:
+    return raw * mask
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """One `rl.algorithm`. `raw`: (rewards (B,), mask (B, T), *, kl, kl_coef, group_size,
+    scale_std) → unnormalised token advantages (B, T). `scale`: (raw, mask, *, mean, std) → the
+    advantages before the filter, given the rollout batch's token mean / std of `raw`, which
+    the caller reduces only when `batch_normalised`."""
+
+    raw: Callable[..., torch.Tensor]
+    scale: Callable[..., torch.Tensor]
+    batch_normalised: bool
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    "stable_reinforce": Estimator(_returns, _whiten, batch_normalised=True),
+    "reinforce_pp": Estimator(_returns, _whiten, batch_normalised=True),
+    "grpo": Estimator(_grpo, _as_is, batch_normalised=False),
+    "rloo": Estimator(_rloo, _as_is, batch_normalised=False),
+    "reinforce_baseline": Estimator(_baseline, _by_std, batch_normalised=True),
 }
 
 
-ALGORITHMS = ("stable_reinforce", "reinforce_pp", "grpo", "rloo", "reinforce_baseline")
-_TOKEN_LEVEL = ("stable_reinforce", "reinforce_pp")
+def estimator(algorithm: str) -> Estimator:
+    """The registry entry of `algorithm`; a ValueError naming the choices for another name."""
+    if algorithm not in ESTIMATORS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; one of {ALGORITHMS}")
+    return ESTIMATORS[algorithm]
 
 
 def raw_advantages(algorithm: str, rewards: torch.Tensor, mask: torch.Tensor, *, kl: torch.Tensor | None = None,
                    kl_coef: float = 0.0, group_size: int = 1, scale_std: bool = True) -> torch.Tensor:
-    """Step 1 of 2: unnormalised token advantages (B, T) for `algorithm`.
-
-    stable_reinforce / reinforce_pp: returns-to-go of the REINFORCE++ token rewards (KL in the
-    reward when `kl` is given); grpo / rloo / reinforce_baseline: a per-sequence advantage
-    broadcast to every valid token (their KL, if any, goes in the loss)."""
-    if algorithm in _TOKEN_LEVEL:
-        return returns_to_go(token_rewards(rewards, mask, kl=kl, kl_coef=kl_coef), mask)
-    if algorithm == "grpo":
-        return broadcast(grpo_advantages(rewards, group_size=group_size, scale_std=scale_std), mask)
-    if algorithm in SEQUENCE_ESTIMATORS:
-        return broadcast(SEQUENCE_ESTIMATORS[algorithm](rewards, group_size=group_size), mask)
-    raise ValueError(f"unknown algorithm {algorithm!r}; one of {ALGORITHMS}")
+    """Step 1 of 2: unnormalised token advantages (B, T) for `algorithm` (see `ESTIMATORS`)."""
+    return estimator(algorithm).raw(rewards, mask, kl=kl, kl_coef=kl_coef, group_size=group_size, scale_std=scale_std)
 
 
-def batch_normalised(algorithm: str) -> bool:
-    """Whether step 2 needs the rollout-batch mean/std (all valid tokens, all processes)."""
-    return algorithm in (*_TOKEN_LEVEL, "reinforce_baseline")
+def needs_batch_moments(algorithm: str, *, adv_filter: str) -> bool:
+    """Whether step 2 needs the rollout batch's mean / std of the raw advantages (all valid
+    tokens, all processes): to normalise, or as the `official` filter's μ."""
+    return estimator(algorithm).batch_normalised or adv_filter == "official"
 
 
 def finish_advantages(algorithm: str, raw: torch.Tensor, mask: torch.Tensor, *, mean: float = 0.0, std: float = 1.0,
-                      adv_filter: str = "none", sigma: float = 3.0, raw_reward_mean: float = 0.0
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step 2 of 2: normalise with the batch statistics the caller reduced (token-level
-    estimators: whiten; reinforce_baseline: divide by std), then apply the advantage filter
-    (`paper`: |Â| > sigma → 0; `official`: the released code's shifted window). Returns
-    (advantages, dropped mask)."""
-    if algorithm in _TOKEN_LEVEL:
-        adv = normalise(raw, mask, mean=mean, std=std)
-    elif algorithm == "reinforce_baseline":
-        adv = raw / (std + 1e-8) * mask
-    else:
-        adv = raw * mask
+                      adv_filter: str = "none", sigma: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 2 of 2: scale with the batch statistics of `raw` the caller reduced (token-level
+    estimators: whiten; reinforce_baseline: divide by std; grpo / rloo: as they are), then apply
+    the advantage filter (`paper`: |Â| > sigma → 0; `official`: the released code's window
+    around μ = `mean`). Returns (advantages, dropped mask)."""
+    adv = estimator(algorithm).scale(raw, mask, mean=mean, std=std)
     if adv_filter == "paper":
         return filter_paper(adv, mask, sigma=sigma)
     if adv_filter == "official":
-        return filter_official(adv, mask, raw_mean=raw_reward_mean, sigma=sigma)
+        return filter_official(adv, mask, raw_mean=mean, sigma=sigma)
     if adv_filter != "none":
         raise ValueError(f"unknown advantage filter {adv_filter!r}")
     return adv, torch.zeros_like(mask, dtype=torch.bool)
-
-
-def with_reward_outliers(rewards: list[float], valid: list[float], *, share: float, value: float,
-                         generator: torch.Generator) -> tuple[list[float], int]:
-    """The stress `rl.stress_reward_outliers`: about `share` of the valid samples get the reward
-    `value` instead of theirs (a reward far outside the others: a judge or penalty glitch, or the
-    one wrong answer of an almost-all-right batch), so their batch-normalised advantages lie far
-    outside 3σ — what the advantage filter drops. Returns the rewards and how many were replaced."""
-    hit = (torch.rand(len(rewards), generator=generator) < share).tolist()
-    out = [value if h and v else r for r, h, v in zip(rewards, hit, valid, strict=True)]
-    return out, sum(1 for h, v in zip(hit, valid, strict=True) if h and v)

@@ -81,15 +81,3 @@ def clipped_policy_loss(
             "loss_token_max": float(per_token.detach()[m].abs().max()) if m.any() else 0.0,
         }
     return loss, stats
-
-
-def engine_logprob_gaps(mask: torch.Tensor, *, share: float, gap: float, generator: torch.Generator) -> torch.Tensor:
-    """A (B, T) tensor of log-prob gaps between a rollout engine and the trainer, for the stress
-    `rl.stress_logprob_mismatch`: about `share` of the valid tokens get a gap of ±`gap` nats (the
-    sign at random), every other token 0. Subtracted from the old log-probs, +gap is a token the
-    engine scored e^gap times less likely than the trainer does (ratio e^gap before any update),
-    −gap the reverse — the rare, large trainer/engine disagreements that old log-probs taken from
-    an inference engine carry into the ratio, and that Pre-CLIP bounds."""
-    hit = (torch.rand(mask.shape, generator=generator) < share) & mask.bool().cpu()
-    sign = torch.where(torch.rand(mask.shape, generator=generator) < 0.5, -1.0, 1.0)
-    return (sign * gap * hit).to(mask.device, torch.float32)

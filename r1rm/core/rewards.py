@@ -3,7 +3,7 @@
 - format ∈ {0, 1}: the strict R1-Reward format (or the MSRL one with <type>);
 - result ∈ {0, 1}: the first <answer>…</answer> equals the label;
 - consistency ∈ {−1, 0, +1}: does the reasoning's conclusion agree with the answer? Decided
-  by a judge: `rule_consistency` here (no model), or a model judge (r1rm.runtime.judges);
+  by a checker: `rule_consistency` here (no model), or a model (r1rm.runtime.consistency);
 - total = result × (1 + w_c × consistency) + w_f × format (+ w_t × type for MSRL).
 A malformed output is data: it earns what it earns, never an exception and never a free reward.
 """
@@ -11,7 +11,6 @@ A malformed output is data: it earns what it earns, never an exception and never
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from r1rm.core.parsing import answer_matches, extract_answer, extract_tag, format_ok, format_ok_msrl
 from r1rm.core.prompts import PHRASE_TO_TASK_TYPE
@@ -63,15 +62,6 @@ def type_reward(text: str, task_type: str) -> float:
     if said is None:
         return 0.0
     return 1.0 if PHRASE_TO_TASK_TYPE.get(said.strip().lower()) == task_type else 0.0
-
-
-@dataclass(frozen=True)
-class RewardParts:
-    format: float
-    result: float
-    consistency: float
-    type: float
-    total: float
 
 
 def combine(*, fmt: float, result: float, consistency: float, type_score: float = 0.0, format_weight: float = 0.5,

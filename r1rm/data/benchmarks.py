@@ -56,18 +56,17 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from r1rm.data.media import check_image, list_frames
+from r1rm.data.files import FileRow, RowError, json_fallback, read_rows, write_bytes_atomic
+from r1rm.data.media import check_image, folder_frames, resolve_path
 from r1rm.data.records import (
     Record,
     Reject,
-    RowError,
+    check_paths,
     content_uid,
     dataset_files,
-    iter_lines,
     parse_record,
     read_numbered_records,
     record_paths,
-    resolve_path,
 )
 from r1rm.errors import DataError, InputFileError, where
 
@@ -78,7 +77,6 @@ GENAI_VOTES = {"leftvote": 1, "rightvote": 2, "tievote": None, "bothbad_vote": N
 _GENAI_SKIP_REASON = {"tievote": "tie", "bothbad_vote": "both_bad"}
 
 VL_REWARDBENCH_CATEGORIES = ("general", "hallucination", "reasoning")
-MM_RLHF_CATEGORIES = ("mcq", "long", "short", "safety", "video")
 # The seven columns of the R1-Reward paper's Multimodal RewardBench table; Overall = their mean.
 MMRB_COLUMNS = ("correctness", "preference", "knowledge", "math", "coding", "safety", "vqa")
 
@@ -195,7 +193,8 @@ def read_benchmark(
     p = Path(path)
     if not p.exists():
         raise InputFileError(f"benchmark file not found: '{p}'", fix="check the path (relative paths start from the current directory)")
-    root = Path(image_root) if image_root is not None else (p if p.is_dir() else p.parent)
+    media = _MediaPolicy(Path(image_root) if image_root is not None else (p if p.is_dir() else p.parent),
+                         check_media, skip_missing_media, skipped)
     if name == "canonical":
         # a file, or a build-data output folder (the shards its manifest lists)
         out_records: list[Record] = []
@@ -203,22 +202,67 @@ def read_benchmark(
             left = None if limit is None else limit - len(out_records)
             if left == 0:
                 break
-            out_records += _read_canonical(f, root, check_media=check_media, skip_missing_media=skip_missing_media,
-                                           limit=left, skipped=skipped)
+            out_records += _read_canonical(f, media, limit=left)
         return out_records
-
     if name == "genai-bench":
-        return _read_genai(p, root, check_media=check_media, skip_missing_media=skip_missing_media, limit=limit,
-                           skipped=skipped)
+        return _read_genai(p, media, limit=limit)
+    return _read_converted(name, p, media, limit=limit)
+
+
+@dataclass
+class _MediaPolicy:
+    """Where an item's media resolve, whether they are opened, and what a bad one does."""
+
+    root: Path
+    check: bool
+    skip_missing: bool
+    skipped: list[Reject] | None
+
+    def keep(self, rec: Record, fr: FileRow, *, name: str | None = None, image_bytes: bytes | None = None) -> bool:
+        """Write the item's embedded image (`image_bytes`) and, with `check`, open its media: True when
+        all is well; else a DataError naming the item (`name`, default its id), or with skip_missing
+        False and the item counted in `skipped`."""
+        name = rec.id if name is None else name
+        try:
+            if image_bytes is not None:
+                _write_cached_image(self.root / rec.images[0], image_bytes)
+            if self.check:
+                _check_media(rec, self.root)
+        except RowError as e:
+            if not self.skip_missing:
+                raise DataError(f"item '{name}': {e}", where=fr.where,
+                                fix=f"put the media under the image root '{self.root}' (or set image_root), "
+                                "or skip such items with skip_missing_media (they are counted)") from None
+            if self.skipped is not None:
+                self.skipped.append(Reject(fr.file, fr.line, e.reason, f"item '{name}': {e}", fr.raw))
+            return False
+        return True
+
+
+class _Uids:
+    """Content-hash uids made unique in file order: a hash seen before gets `-1`, `-2`, …"""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def next(self, fields: dict) -> str:
+        base = content_uid(fields)
+        n_seen = self.counts.get(base, 0)
+        self.counts[base] = n_seen + 1
+        return f"{base}-{n_seen}" if n_seen else base
+
+
+def _read_converted(name: str, p: Path, media: _MediaPolicy, *, limit: int | None) -> list[Record]:
+    """VL-RewardBench, Multimodal RewardBench or MM-RLHF-RewardBench rows → Records."""
     convert = {"vl-rewardbench": _vl_rewardbench, "multimodal-rewardbench": _mmrb, "mm-rlhf-rewardbench": _mm_rlhf}[name]
     out: list[Record] = []
-    uid_counts: dict[str, int] = {}
+    uids = _Uids()
     cache_names: dict[str, str] = {}
-    for loc, file, line, row, raw in _iter_rows(p):
+    for fr in _iter_rows(p):
         if limit is not None and len(out) >= limit:
             break
         try:
-            item = convert(row)
+            item = convert(fr.row)
             if item.image_bytes is not None:
                 item.images = [_cache_name(item, cache_names)]
             fields = {
@@ -232,36 +276,17 @@ def read_benchmark(
                 "response1": item.chosen,
                 "response2": item.rejected,
             }
-            base = content_uid(fields)
-            n_seen = uid_counts.get(base, 0)
-            uid_counts[base] = n_seen + 1
-            fields["uid"] = f"{base}-{n_seen}" if n_seen else base
+            fields["uid"] = uids.next(fields)
             rec = parse_record(
                 {**fields, "label": 1, "category": item.category, "meta": {"group": item.id, **item.meta}}
             )
-            for ref in record_paths(rec):
-                resolve_path(ref, root)
+            check_paths(rec, media.root)
         except RowError as e:
             raise DataError(
-                str(e), where=loc, fix=f"correct or remove this row; a {name} row needs {_FIELDS[name]}"
+                str(e), where=fr.where, fix=f"correct or remove this row; a {name} row needs {_FIELDS[name]}"
             ) from None
-        try:
-            if item.image_bytes is not None:
-                _write_cached_image(root / rec.images[0], item.image_bytes)
-            if check_media:
-                _check_media(rec, root)
-        except RowError as e:
-            if not skip_missing_media:
-                raise DataError(
-                    f"item '{rec.id}': {e}",
-                    where=loc,
-                    fix=f"put the media under the image root '{root}' (or set image_root), "
-                    "or skip such items with skip_missing_media (they are counted)",
-                ) from None
-            if skipped is not None:
-                skipped.append(Reject(file, line, e.reason, f"item '{rec.id}': {e}", raw))
-            continue
-        out.append(rec)
+        if media.keep(rec, fr, image_bytes=item.image_bytes):
+            out.append(rec)
     return out
 
 
@@ -378,43 +403,29 @@ def genai_pair(row: dict, line: int) -> tuple[dict, int | None, str]:
     return fields, GENAI_VOTES[vote], vote
 
 
-def _read_genai(p: Path, root: Path, *, check_media: bool, skip_missing_media: bool, limit: int | None,
-                skipped: list[Reject] | None) -> list[Record]:
+def _read_genai(p: Path, media: _MediaPolicy, *, limit: int | None) -> list[Record]:
     out: list[Record] = []
-    seen: dict[str, int] = {}
-    for loc, file, line, row, raw in _iter_rows(p):
+    uids = _Uids()
+    for fr in _iter_rows(p):
         if limit is not None and len(out) >= limit:
             break
         try:
-            fields, better, vote = genai_pair(row, line)
+            fields, better, vote = genai_pair(fr.row, fr.line)
             if better is None:
-                if skipped is not None:
-                    skipped.append(Reject(file, line, _GENAI_SKIP_REASON[vote], f"item '{fields['id']}': {vote} "
-                                          "(not decisive: counted, not scored)", raw))
+                if media.skipped is not None:
+                    media.skipped.append(Reject(fr.file, fr.line, _GENAI_SKIP_REASON[vote], f"item '{fields['id']}': {vote} "
+                                                "(not decisive: counted, not scored)", fr.raw))
                 continue
             if better == 2:  # response1 = the chosen output, as for every benchmark; label 1
                 fields["response1"], fields["response2"] = fields["response2"], fields["response1"]
-            base = content_uid({k: fields[k] for k in ("id", "source", "question", "response1", "response2")})
-            n_seen = seen.get(base, 0)
-            seen[base] = n_seen + 1
-            rec = parse_record({**fields, "uid": f"{base}-{n_seen}" if n_seen else base, "label": 1})
-            for ref in record_paths(rec):
-                resolve_path(ref, root)
+            uid = uids.next({k: fields[k] for k in ("id", "source", "question", "response1", "response2")})
+            rec = parse_record({**fields, "uid": uid, "label": 1})
+            check_paths(rec, media.root)
         except RowError as e:
-            raise DataError(str(e), where=loc, fix=f"correct or remove this row; a genai-bench row needs "
-                                                   f"{_FIELDS['genai-bench']}") from None
-        if check_media:
-            try:
-                _check_media(rec, root)
-            except RowError as e:
-                if not skip_missing_media:
-                    raise DataError(f"item '{rec.id}': {e}", where=loc,
-                                    fix=f"put the media under the image root '{root}' (or set image_root), "
-                                    "or skip such items with skip_missing_media (they are counted)") from None
-                if skipped is not None:
-                    skipped.append(Reject(file, line, e.reason, f"item '{rec.id}': {e}", raw))
-                continue
-        out.append(rec)
+            raise DataError(str(e), where=fr.where, fix=f"correct or remove this row; a genai-bench row needs "
+                                                        f"{_FIELDS['genai-bench']}") from None
+        if media.keep(rec, fr):
+            out.append(rec)
     return out
 
 
@@ -469,15 +480,9 @@ def _short(value: Any) -> str:
     if isinstance(value, bytes | bytearray):
         return f"<{len(value)} bytes>"
     try:
-        return json.dumps(value, ensure_ascii=False, default=_json_default)[:80]
+        return json.dumps(value, ensure_ascii=False, default=json_fallback)[:80]
     except (TypeError, ValueError):
         return repr(value)[:80]
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray):
-        return f"<{len(value)} bytes>"
-    return repr(value)
 
 
 # ---------------------------------------------------------------- embedded images
@@ -511,10 +516,7 @@ def _write_cached_image(dest: Path, data: bytes) -> None:
                 data = buf.getvalue()
         except Exception as e:  # PIL raises many types for broken bytes
             raise RowError("corrupt_image", f"embedded image bytes cannot be decoded ({type(e).__name__}: {e})") from None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp.{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, dest)
+    write_bytes_atomic(dest, data)
 
 
 # ---------------------------------------------------------------- media checks
@@ -525,142 +527,44 @@ def _check_media(rec: Record, root: Path) -> None:
         folder = (isinstance(rec.video, str) and ref == rec.video) or any(
             r.kind == "video" and r.visual == ref for r in (rec.response1, rec.response2))
         if folder:
-            if not full.is_dir():
-                raise RowError("missing_video", f"video frames folder not found: '{full}'")
-            frames = list_frames(full)
-            if not frames:
-                raise RowError("missing_video", f"video folder '{full}' holds no image frames")
-            for frame in frames:
+            for frame in folder_frames(full):
                 check_image(frame)
         else:
             check_image(full)
 
 
 # ---------------------------------------------------------------- file layouts
-def _iter_rows(p: Path) -> Iterator[tuple[str, str, int, dict, str]]:
-    """Yield (location, file, line, row, raw text) from a JSONL, JSON-array or parquet file
-    (or a folder of parquet shards); `line` is the 1-based row number for parquet."""
-    if p.is_dir():
-        shards = sorted(p.glob("*.parquet"))
-        if not shards:
-            raise InputFileError(f"'{p}' is a folder with no .parquet files", fix="point to the benchmark file")
-        for shard in shards:
-            yield from _iter_parquet(shard)
-        return
-    if p.suffix.lower() == ".parquet":
-        yield from _iter_parquet(p)
-        return
-    with open(p, "rb") as f:
-        head = f.read(4096).lstrip()
-    if head.startswith(b"\xef\xbb\xbf"):
-        head = head[3:].lstrip()
-    if head.startswith(b"["):
-        yield from _iter_json_array(p)
-        return
+# the fix named for a bad line of a JSONL benchmark file, by its reason
+_LINE_FIX = {"not_utf8": "re-encode the file as UTF-8", "invalid_json": "the line may be truncated; fix or remove it",
+             "not_object": "one JSON object per line"}
+
+
+def _iter_rows(p: Path) -> Iterator[FileRow]:
+    """The rows of a JSONL, JSON-array or parquet file (or a folder of parquet shards); a bad line
+    or a file without rows raises DataError."""
     n = 0
-    for line, text, _raw in iter_lines(p):
+    for fr in read_rows(p, folder_fix="point to the benchmark file"):
+        if fr.error is not None:
+            raise DataError(fr.error.brief, where=fr.where, fix=_LINE_FIX[fr.error.reason])
         n += 1
-        loc = where(p, line)
-        if text is None:
-            raise DataError("line is not valid UTF-8", where=loc, fix="re-encode the file as UTF-8")
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON ({e.msg} at column {e.colno})", where=loc, fix="the line may be truncated; fix or remove it") from None
-        if not isinstance(row, dict):
-            raise DataError(f"each line must be a JSON object, got {type(row).__name__}", where=loc, fix="one JSON object per line")
-        yield loc, str(p), line, row, text.rstrip("\n")[:2000]
+        yield fr
     if n == 0:
         raise DataError("file has no items (it is empty)", where=str(p), fix="point to the benchmark file")
 
 
-def _iter_json_array(p: Path) -> Iterator[tuple[str, str, int, dict, str]]:
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise DataError("file is not valid UTF-8", where=str(p), fix="re-encode the file as UTF-8") from None
-    decoder = json.JSONDecoder()
-    ws = re.compile(r"\s*")
-    pos = ws.match(text, 0).end() + 1  # past '['
-    line, counted = 1, 0
-    n = 0
-    while True:
-        pos = ws.match(text, pos).end()
-        if pos < len(text) and text[pos] == "]":
-            break
-        if n:
-            if pos >= len(text) or text[pos] != ",":
-                line += text.count("\n", counted, pos)
-                raise DataError("expected ',' or ']' between items of the JSON array", where=where(p, line), fix="the file may be truncated")
-            pos = ws.match(text, pos + 1).end()
-        line += text.count("\n", counted, pos)
-        counted = pos
-        try:
-            row, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON ({e.msg})", where=where(p, line + text.count("\n", pos, e.pos)), fix="the file may be truncated") from None
-        if not isinstance(row, dict):
-            raise DataError(f"each item must be a JSON object, got {type(row).__name__}", where=where(p, line), fix="a JSON array of objects")
-        yield where(p, line), str(p), line, row, text[pos:end][:2000]
-        n += 1
-        pos = end
-    if n == 0:
-        raise DataError("file has no items (the JSON array is empty)", where=str(p), fix="point to the benchmark file")
-
-
-def _iter_parquet(p: Path) -> Iterator[tuple[str, str, int, dict, str]]:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(p)
-    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-parquet files
-        raise DataError(f"cannot read parquet ({type(e).__name__}: {e})", where=str(p), fix="point to a .parquet file") from None
-    n = 0
-    for batch in pf.iter_batches(batch_size=64):
-        for row in batch.to_pylist():
-            n += 1
-            yield f"{p}:row {n}", str(p), n, row, json.dumps(row, ensure_ascii=False, default=_json_default)[:2000]
-    if n == 0:
-        raise DataError("parquet file has no rows", where=str(p), fix="point to the benchmark file")
-
-
 # ---------------------------------------------------------------- canonical
-def _read_canonical(
-    p: Path,
-    root: Path,
-    *,
-    check_media: bool,
-    skip_missing_media: bool,
-    limit: int | None,
-    skipped: list[Reject] | None,
-) -> list[Record]:
+def _read_canonical(p: Path, media: _MediaPolicy, *, limit: int | None) -> list[Record]:
     out: list[Record] = []
-    for line, rec in read_numbered_records(p, image_root=root):
+    for line, rec in read_numbered_records(p, image_root=media.root):
         if limit is not None and len(out) >= limit:
             break
         if rec.label == 2:
             rec = rec.swapped()
         group = rec.meta.get("group", rec.id or None)
         rec = dataclasses.replace(rec, source=rec.source or "canonical", meta={**rec.meta, "group": group})
-        if check_media:
-            try:
-                _check_media(rec, root)
-            except RowError as e:
-                loc = where(p, line)
-                if not skip_missing_media:
-                    raise DataError(
-                        f"item '{rec.id or rec.uid}': {e}",
-                        where=loc,
-                        fix=f"put the media under the image root '{root}' (or set image_root), "
-                        "or skip such items with skip_missing_media (they are counted)",
-                    ) from None
-                if skipped is not None:
-                    skipped.append(Reject(str(p), line, e.reason, f"item '{rec.id or rec.uid}': {e}", json.dumps(rec.to_json())[:2000]))
+        if media.check:
+            at = FileRow(str(p), line, json.dumps(rec.to_json())[:2000], None, None, where(p, line))
+            if not media.keep(rec, at, name=rec.id or rec.uid):
                 continue
         out.append(rec)
     return out
-
-
-# row iterators shared with `r1rm build-data` (r1rm.data.sources): (location, file, row number, row, raw text)
-iter_json_array = _iter_json_array
-iter_parquet = _iter_parquet

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from r1rm.core.prompts import caption_question, generation_message, msrl_text, r1reward_text, user_message
-from r1rm.data.media import resolve_video
-from r1rm.data.records import Record, resolve_path
+from r1rm.data.media import resolve_path, resolve_video
+from r1rm.data.records import Record
 
 ORDERS = ("chosen_first", "chosen_second")
 
@@ -80,10 +79,3 @@ def _generation_messages(rec: Record, *, prompt: str, image_root, video_max_fram
                 part["max_pixels"] = share
     return msgs
 
-
-def default_image_root(data_file: str | os.PathLike, image_root: str | None) -> Path:
-    """The configured image root, or the data file's folder (a data folder — a build-data output — itself)."""
-    if image_root:
-        return Path(image_root)
-    p = Path(data_file).resolve()
-    return p if p.is_dir() else p.parent

@@ -40,8 +40,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from r1rm.data.media import check_image, list_frames, resize_image, smart_resize
-from r1rm.data.records import Record, Response, RowError, parse_record, resolve_path
+from r1rm.data.files import atomic_path, jsonl_line, write_bytes_atomic
+from r1rm.data.media import check_image, folder_frames, resize_image, resolve_path, smart_resize
+from r1rm.data.records import Record, Response, parse_record
 
 IMAGES_DIR = "images"
 
@@ -127,15 +128,11 @@ class MediaStore:
     def _put(self, src: Path, name: str) -> str:
         dest = self.dir / name
         if not (dest.is_file() and dest.stat().st_size == src.stat().st_size):
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{name}.tmp.{os.getpid()}")
-            try:
-                os.link(src, tmp)
-                self.stats.linked += 1
-            except OSError:
-                shutil.copyfile(src, tmp)
-                self.stats.copied += 1
-            os.replace(tmp, dest)
+            with atomic_path(dest) as tmp:
+                if _link_or_copy(src, tmp):
+                    self.stats.linked += 1
+                else:
+                    self.stats.copied += 1
         return f"{IMAGES_DIR}/{name}"
 
     def image(self, full: Path, *, resize: bool = True) -> str:
@@ -171,26 +168,17 @@ class MediaStore:
         real = os.path.realpath(folder)
         if real in self._memo:
             return self._memo[real]
-        if not folder.is_dir():
-            raise RowError("missing_video", f"video frames folder not found: '{folder}'")
-        frames = list_frames(folder)
-        if not frames:
-            raise RowError("missing_video", f"video folder '{folder}' holds no image frames")
+        frames = folder_frames(folder)
         for f in frames:
             check_image(f, max_pixels=self.max_pixels)
         digest = hashlib.sha1("\n".join(_sha1(f) for f in frames).encode()).hexdigest()[:20]
         target = self.dir / f"video-{digest}"
         if not target.is_dir():
-            tmp = self.dir / f".video-{digest}.tmp.{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            for i, f in enumerate(frames):
-                dest = tmp / f"{i:05d}{f.suffix.lower()}"
-                try:
-                    os.link(f, dest)
-                except OSError:
-                    shutil.copyfile(f, dest)
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                for i, f in enumerate(frames):
+                    _link_or_copy(f, tmp / f"{i:05d}{f.suffix.lower()}")
         self.stats.placed += len(frames)
         self._memo[real] = f"{IMAGES_DIR}/video-{digest}"
         return self._memo[real]
@@ -211,6 +199,16 @@ class MediaStore:
         if r.kind == "video":
             return Response("video", visual=self.video(r.visual, root))
         return r
+
+
+def _link_or_copy(src: Path, dest: Path) -> bool:
+    """Hard-link src at dest where the file system allows (True), else copy it (False)."""
+    try:
+        os.link(src, dest)
+        return True
+    except OSError:
+        shutil.copyfile(src, dest)
+        return False
 
 
 def _sha1(path: Path) -> str:
@@ -322,14 +320,8 @@ def write_shards(out: Path, records: Iterable[Record], shard_size: int) -> list[
 
     def flush() -> None:
         name = shard_name(len(files))
-        body = "".join(json.dumps(r.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n" for r in buf)
-        data = body.encode("utf-8")
-        tmp = out / f".{name}.tmp.{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out / name)
+        data = "".join(jsonl_line(r) for r in buf).encode("utf-8")
+        write_bytes_atomic(out / name, data, fsync=True)
         files.append({"path": name, "rows": len(buf), "sha256": hashlib.sha256(data).hexdigest()})
         buf.clear()
 

@@ -1,14 +1,55 @@
-"""Images and video frames on disk: resolving paths under a root, checking files, sampling frames."""
+"""Images and video frames on disk: resolving a record's media paths under its image root (by
+default the data file's folder), checking files and frames folders, recognising image bytes,
+sampling frames, and fitting the visuals of chat messages to a pixel budget."""
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from r1rm.data.records import RowError, resolve_path
+from r1rm.data.files import RowError, atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+# magic bytes -> (file suffix, MIME type) of the image formats recognised in raw bytes
+_IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", ".png", "image/png"),
+    (b"\xff\xd8\xff", ".jpg", "image/jpeg"),
+    (b"GIF8", ".gif", "image/gif"),
+    (b"BM", ".bmp", "image/bmp"),
+)
+
+
+def resolve_path(path: str, root: str | os.PathLike) -> Path:
+    """Resolve `path` against `root`; raise RowError('path_escapes_root') if it lands outside root."""
+    root_real = os.path.realpath(root)
+    full = os.path.realpath(os.path.join(root_real, path))
+    if os.path.commonpath([root_real, full]) != root_real:
+        raise RowError(
+            "path_escapes_root",
+            f"path '{path}' resolves outside the image root '{root_real}'; keep media under the root or set data.image_root",
+        )
+    return Path(full)
+
+
+def default_image_root(data_file: str | os.PathLike, image_root: str | None) -> Path:
+    """The configured image root, or the data file's folder (a data folder — a build-data output — itself)."""
+    if image_root:
+        return Path(image_root)
+    p = Path(data_file).resolve()
+    return p if p.is_dir() else p.parent
+
+
+def sniff_image(data: bytes) -> tuple[str, str] | None:
+    """(file suffix, MIME type) of image bytes from their magic number; None for an unknown format."""
+    for magic, suffix, mime in _IMAGE_MAGIC:
+        if data.startswith(magic):
+            return suffix, mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp", "image/webp"
+    return None
 
 
 def check_image(path: Path, *, max_pixels: int | None = None) -> tuple[int, int]:
@@ -57,15 +98,22 @@ def sample_frames(frames: list, k: int) -> list:
     return [frames[int((i + 0.5) * len(frames) / k)] for i in range(k)]
 
 
+def folder_frames(folder: Path, *, name_suffixes: bool = False) -> list[Path]:
+    """The frames of a video frames folder, in natural order; RowError 'missing_video' when the
+    folder is missing or holds no image (`name_suffixes`: the message lists the suffixes looked for)."""
+    if not folder.is_dir():
+        raise RowError("missing_video", f"video frames folder not found: '{folder}'")
+    frames = list_frames(folder)
+    if not frames:
+        looked_for = f" ({', '.join(IMAGE_SUFFIXES)})" if name_suffixes else ""
+        raise RowError("missing_video", f"video folder '{folder}' holds no image frames{looked_for}")
+    return frames
+
+
 def resolve_video(video: str | list[str] | tuple[str, ...], root: str | os.PathLike, max_frames: int) -> list[Path]:
     """Frame paths of a video given as a folder or a list, resolved under root and sampled to max_frames."""
     if isinstance(video, str):
-        folder = resolve_path(video, root)
-        if not folder.is_dir():
-            raise RowError("missing_video", f"video frames folder not found: '{folder}'")
-        frames = list_frames(folder)
-        if not frames:
-            raise RowError("missing_video", f"video folder '{folder}' holds no image frames ({', '.join(IMAGE_SUFFIXES)})")
+        frames = folder_frames(resolve_path(video, root), name_suffixes=True)
     else:
         frames = [resolve_path(f, root) for f in video]
     return sample_frames(frames, max_frames)
@@ -103,10 +151,8 @@ def resize_image(src: Path, dest: Path, size: tuple[int, int]) -> None:
         if fmt == "JPEG" and im.mode not in ("RGB", "L"):
             im = im.convert("RGB")
         out = im.resize(size, Image.Resampling.BICUBIC)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp.{os.getpid()}")
-    out.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-    os.replace(tmp, dest)
+    with atomic_path(dest) as tmp:
+        out.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
 
 
 def _fit_one(image, budget: int):
@@ -121,6 +167,16 @@ def _fit_one(image, budget: int):
     return img
 
 
+def map_parts(messages: list[dict], fn: Callable[[Any], Any]) -> list[dict]:
+    """The messages with `fn` applied to every part of a list content (those messages are new dicts;
+    a message whose content is not a list is returned as it is)."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        out.append({**m, "content": [fn(p) for p in content]} if isinstance(content, list) else m)
+    return out
+
+
 def fit_visuals(messages: list[dict]) -> list[dict]:
     """Messages with every image / video part that carries a "max_pixels" share (set by
     `record_messages` for samples with several visuals, e.g. two generated outputs) replaced by
@@ -129,23 +185,16 @@ def fit_visuals(messages: list[dict]) -> list[dict]:
     if not any(isinstance(p, dict) and "max_pixels" in p for m in messages for p in (m.get("content") or [])
                if isinstance(m.get("content"), list)):
         return messages
-    out = []
-    for m in messages:
-        content = m.get("content")
-        if not isinstance(content, list):
-            out.append(m)
-            continue
-        parts = []
-        for p in content:
-            if isinstance(p, dict) and "max_pixels" in p:
-                budget = int(p["max_pixels"])
-                q = {k: v for k, v in p.items() if k != "max_pixels"}
-                if p["type"] == "image":
-                    q["image"] = _fit_one(p["image"], budget)
-                elif p["type"] == "video" and isinstance(p["video"], list | tuple):
-                    q["video"] = [_fit_one(f, budget) for f in p["video"]]
-                parts.append(q)
-            else:
-                parts.append(p)
-        out.append({**m, "content": parts})
-    return out
+    return map_parts(messages, _fit_part)
+
+
+def _fit_part(p: Any) -> Any:
+    if not (isinstance(p, dict) and "max_pixels" in p):
+        return p
+    budget = int(p["max_pixels"])
+    q = {k: v for k, v in p.items() if k != "max_pixels"}
+    if p["type"] == "image":
+        q["image"] = _fit_one(p["image"], budget)
+    elif p["type"] == "video" and isinstance(p["video"], list | tuple):
+        q["video"] = [_fit_one(f, budget) for f in p["video"]]
+    return q

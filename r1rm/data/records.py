@@ -1,4 +1,4 @@
-"""The canonical pairwise-preference record: its fields, validation, reader and writers.
+"""The canonical pairwise-preference record: its fields, validation and reader.
 
 One JSON object per line (JSONL). Fields:
 
@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from r1rm.data.files import LineError, RowError, json_lines
+from r1rm.data.media import resolve_path
 from r1rm.errors import DataError, InputFileError, where
 
 MODALITIES = ("image", "video", "caption", "text")
@@ -46,7 +48,6 @@ TASK_TYPES = (
     "video_generation",
     "text",
 )
-RESPONSE_KINDS = ("text", "image", "video")
 FIELDS = (
     "uid",
     "id",
@@ -119,23 +120,10 @@ class Record:
         return dataclasses.replace(self, response1=self.response2, response2=self.response1, label=label)
 
     def to_json(self) -> dict:
-        out: dict[str, Any] = {
-            "uid": self.uid,
-            "id": self.id,
-            "source": self.source,
-            "question": self.question,
-            "modality": self.modality,
-            "images": list(self.images),
-            "video": self.video if isinstance(self.video, str) else list(self.video),
-            "caption": self.caption,
-            "response1": self.response1.to_json(),
-            "response2": self.response2.to_json(),
-            "label": self.label,
-            "category": self.category,
-            "task_type": self.task_type,
-            "difficulty": self.difficulty,
-            "meta": self.meta,
-        }
+        """Every field, in FIELDS order (the order a JSONL line shows them in)."""
+        out: dict[str, Any] = {name: getattr(self, name) for name in FIELDS}
+        out.update(images=list(self.images), video=self.video if isinstance(self.video, str) else list(self.video),
+                   response1=self.response1.to_json(), response2=self.response2.to_json())
         return out
 
 
@@ -144,14 +132,6 @@ def content_uid(row: dict) -> str:
     keys = ("source", "id", "question", "modality", "images", "video", "caption", "response1", "response2")
     blob = json.dumps({k: row.get(k) for k in keys}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
-
-
-class RowError(ValueError):
-    """A row failed validation; `reason` is a short code, the message says what to fix."""
-
-    def __init__(self, reason: str, message: str):
-        self.reason = reason
-        super().__init__(message)
 
 
 def _parse_response(value: Any, name: str) -> Response:
@@ -263,23 +243,9 @@ def parse_record(row: Any, *, require_label: bool = True) -> Record:
     rid = row.get("id")
     rid = "" if rid is None else str(rid)
     uid = _expect(row, "uid", str, "a string") or content_uid({**row, "id": rid, "source": source})
-    return Record(
-        uid=uid,
-        id=rid,
-        source=source,
-        question=question,
-        modality=modality,
-        images=images,
-        video=video,
-        caption=caption,
-        response1=r1,
-        response2=r2,
-        label=None if label is None else int(label),
-        category=category,
-        task_type=task_type,
-        difficulty=difficulty,
-        meta=meta,
-    )
+    return Record(uid=uid, id=rid, source=source, question=question, modality=modality, images=images, video=video,
+                  caption=caption, response1=r1, response2=r2, label=None if label is None else int(label),
+                  category=category, task_type=task_type, difficulty=difficulty, meta=meta)
 
 
 def record_paths(rec: Record) -> list[str]:
@@ -292,16 +258,10 @@ def record_paths(rec: Record) -> list[str]:
     return paths
 
 
-def resolve_path(path: str, root: str | os.PathLike) -> Path:
-    """Resolve `path` against `root`; raise RowError('path_escapes_root') if it lands outside root."""
-    root_real = os.path.realpath(root)
-    full = os.path.realpath(os.path.join(root_real, path))
-    if os.path.commonpath([root_real, full]) != root_real:
-        raise RowError(
-            "path_escapes_root",
-            f"path '{path}' resolves outside the image root '{root_real}'; keep media under the root or set data.image_root",
-        )
-    return Path(full)
+def check_paths(rec: Record, root: str | os.PathLike) -> None:
+    """Resolve every path of `rec` under `root`: RowError 'path_escapes_root' for one outside it."""
+    for ref in record_paths(rec):
+        resolve_path(ref, root)
 
 
 @dataclass
@@ -339,21 +299,6 @@ def dataset_files(path: str | os.PathLike) -> list[Path]:
     return files
 
 
-def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str | None, bytes]]:
-    """Yield (line number, decoded text or None if not UTF-8, raw bytes) for each non-blank line."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputFileError(f"data file not found: '{p}'", fix="check the path (relative paths start from the current directory)")
-    with open(p, "rb") as f:
-        for i, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                yield i, raw.decode("utf-8"), raw
-            except UnicodeDecodeError:
-                yield i, None, raw
-
-
 def read_records(
     path: str | os.PathLike,
     *,
@@ -385,25 +330,20 @@ def read_numbered_records(
     seen: dict[str, int] = {}
     n_ok = 0
     n_lines = 0
-    for line, text, raw in iter_lines(p):
+    for line, raw, row in json_lines(p):
         n_lines += 1
         try:
-            if text is None:
-                raise RowError("not_utf8", "line is not valid UTF-8; re-encode the file as UTF-8")
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise RowError("invalid_json", f"invalid JSON ({e.msg} at column {e.colno}); the line may be truncated") from None
+            if isinstance(row, LineError):
+                raise row
             rec = parse_record(row, require_label=require_label)
-            for ref in record_paths(rec):
-                resolve_path(ref, root)
+            check_paths(rec, root)
             if rec.uid in seen:
                 raise RowError("duplicate_uid", f"uid '{rec.uid}' already used at line {seen[rec.uid]}; uids must be unique")
             seen[rec.uid] = line
         except RowError as e:
             if rejects is None:
                 raise DataError(str(e), where=where(p, line), fix="correct or remove this line") from None
-            rejects.append(Reject(str(p), line, e.reason, str(e), raw.decode("utf-8", "replace").rstrip("\n")[:2000]))
+            rejects.append(Reject(str(p), line, e.reason, str(e), raw))
             continue
         n_ok += 1
         yield line, rec
@@ -411,92 +351,3 @@ def read_numbered_records(
         raise DataError("file has no records (it is empty)", where=str(p), fix="point to a JSONL file with one record per line")
     if n_ok == 0 and rejects is None:
         raise DataError("no valid record in file", where=str(p))
-
-
-def _dumps(row: Any) -> str:
-    return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
-
-
-def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[Any]) -> int:
-    """Write rows (dicts or objects with to_json) to `path` via a temp file + rename; return the count."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp.{os.getpid()}")
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(_dumps(row.to_json() if hasattr(row, "to_json") else row) + "\n")
-            n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
-    return n
-
-
-class JsonlAppender:
-    """Append-only JSONL output that survives a kill: each row is one flushed line.
-
-    On open, a trailing partial line (a write cut by a kill) is truncated away and the
-    `key` of every complete row is loaded into `done`, so a resumed run skips them: no
-    record is lost or duplicated.
-    """
-
-    def __init__(self, path: str | os.PathLike, key: str | None = None, fsync: bool = False):
-        self.path = Path(path)
-        self.key = key
-        self.fsync = fsync
-        self.done: set = set()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._truncate_partial_tail()
-        if key is not None and self.path.exists():
-            with open(self.path, encoding="utf-8") as f:
-                for text in f:
-                    if text.strip():
-                        self.done.add(_freeze(json.loads(text)[key]))
-        self._f = open(self.path, "a", encoding="utf-8")
-
-    def _truncate_partial_tail(self) -> None:
-        if not self.path.exists():
-            return
-        with open(self.path, "rb+") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            if size == 0:
-                return
-            # walk back to the last newline; everything after it is an incomplete write
-            pos = size
-            block = 4096
-            while pos > 0:
-                start = max(0, pos - block)
-                f.seek(start)
-                chunk = f.read(pos - start)
-                nl = chunk.rfind(b"\n")
-                if nl >= 0:
-                    cut = start + nl + 1
-                    if cut != size:
-                        f.truncate(cut)
-                    return
-                pos = start
-            f.truncate(0)
-
-    def append(self, row: Any) -> None:
-        obj = row.to_json() if hasattr(row, "to_json") else row
-        self._f.write(_dumps(obj) + "\n")
-        self._f.flush()
-        if self.fsync:
-            os.fsync(self._f.fileno())
-        if self.key is not None:
-            self.done.add(_freeze(obj[self.key]))
-
-    def close(self) -> None:
-        self._f.close()
-
-    def __enter__(self) -> JsonlAppender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _freeze(value: Any) -> Any:
-    return tuple(_freeze(v) for v in value) if isinstance(value, list) else value

@@ -58,11 +58,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r1rm.data.benchmarks import convert_row, genai_pair, iter_json_array, iter_parquet
-from r1rm.data.records import RowError, dataset_files, iter_lines
+from r1rm.data.benchmarks import convert_row, genai_pair
+from r1rm.data.files import RAW_CHARS, FileRow, RowError, json_fallback, jsonl_rows, read_rows, write_bytes_atomic
+from r1rm.data.media import sniff_image
+from r1rm.data.records import dataset_files
 from r1rm.errors import ConfigError, DataError, InputFileError, where
-
-RAW_CHARS = 2000
 
 GENERIC_FIELDS: dict[str, list[str]] = {
     "id": ["id"],
@@ -85,7 +85,6 @@ TEXT_PREF_FIELDS: dict[str, list[str]] = {
     "preference": ["overall_preference"],
     "category": ["domain"],
 }
-_IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"GIF8", ".gif"), (b"BM", ".bmp"))
 
 
 @dataclass
@@ -118,48 +117,7 @@ def _expand(src: Any) -> list[Path]:
     return out
 
 
-def _iter_jsonl(p: Path) -> Iterator[tuple[int, str, dict | None, RowError | None]]:
-    """(line, raw, row or None, error or None) per non-blank line; bad lines become errors, not exceptions."""
-    for line, text, raw in iter_lines(p):
-        shown = (text if text is not None else raw.decode("utf-8", "replace")).rstrip("\n")[:RAW_CHARS]
-        if text is None:
-            yield line, shown, None, RowError("not_utf8", "line is not valid UTF-8; re-encode the file as UTF-8")
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as e:
-            yield line, shown, None, RowError("invalid_json", f"invalid JSON ({e.msg} at column {e.colno}); the line may be truncated")
-            continue
-        if not isinstance(row, dict):
-            yield line, shown, None, RowError("not_object", f"each line must be a JSON object, got {type(row).__name__}")
-            continue
-        yield line, shown, row, None
-
-
-def _iter_file_rows(p: Path) -> Iterator[tuple[str, int, str, dict | None, RowError | None]]:
-    """(file, line, raw, row, error) from a JSONL / JSON-array / parquet file or a folder of parquet shards."""
-    if p.is_dir():
-        shards = sorted(p.glob("*.parquet"))
-        if not shards:
-            raise InputFileError(f"'{p}' is a folder with no .parquet files", fix="point the source at its files")
-        for shard in shards:
-            yield from _iter_file_rows(shard)
-        return
-    if p.suffix.lower() == ".parquet":
-        for _loc, file, line, row, raw in iter_parquet(p):
-            yield file, line, raw, row, None
-        return
-    with open(p, "rb") as f:
-        head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
-    if head.startswith(b"["):
-        for _loc, file, line, row, raw in iter_json_array(p):
-            yield file, line, raw, row, None
-        return
-    for line, raw, row, err in _iter_jsonl(p):
-        yield str(p), line, raw, row, err
-
-
-def _iter_hf_disk(p: Path, split: str | None) -> Iterator[tuple[str, int, str, dict | None, RowError | None]]:
+def _iter_hf_disk(p: Path, split: str | None) -> Iterator[FileRow]:
     import datasets
 
     try:
@@ -179,11 +137,8 @@ def _iter_hf_disk(p: Path, split: str | None) -> Iterator[tuple[str, int, str, d
     for table in ds.with_format("arrow").iter(batch_size=64):
         for row in table.to_pylist():
             n += 1
-            yield str(p), n, json.dumps(row, ensure_ascii=False, default=_short_bytes)[:RAW_CHARS], row, None
-
-
-def _short_bytes(v: Any) -> str:
-    return f"<{len(v)} bytes>" if isinstance(v, bytes | bytearray) else repr(v)
+            raw = json.dumps(row, ensure_ascii=False, default=json_fallback)[:RAW_CHARS]
+            yield FileRow(str(p), n, raw, row, None, where(p, n))
 
 
 # ---------------------------------------------------------------- field mapping
@@ -227,25 +182,13 @@ def _text(value: Any, name: str) -> str:
     return value
 
 
-def _bytes_ext(data: bytes) -> str | None:
-    for magic, ext in _IMAGE_MAGIC:
-        if data.startswith(magic):
-            return ext
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ".webp"
-    return None
-
-
 def store_bytes(data: bytes, media_dir: Path) -> str:
     """Write embedded image bytes once as `<media_dir>/<sha1>.<ext>`; return the file name."""
-    ext = _bytes_ext(data) or ".img"
-    name = hashlib.sha1(data).hexdigest()[:20] + ext
+    sniffed = sniff_image(data)
+    name = hashlib.sha1(data).hexdigest()[:20] + (sniffed[0] if sniffed else ".img")
     dest = media_dir / name
     if not (dest.is_file() and dest.stat().st_size == len(data)):
-        media_dir.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{name}.tmp.{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
+        write_bytes_atomic(dest, data)
     return name
 
 
@@ -259,7 +202,7 @@ def _base64_image(text: str) -> bytes | None:
         data = base64.b64decode(text, validate=False)
     except (binascii.Error, ValueError):
         return None
-    return data if _bytes_ext(data) else None
+    return data if sniff_image(data) else None
 
 
 class _Media:
@@ -523,48 +466,54 @@ def _rows(src: Any, *, work_dir: Path, media_dir: Path, seed: int) -> Iterator[S
             for f in dataset_files(p):
                 yield from _canonical(f, Path(src.image_root) if src.image_root else root, src)
         return
-    if fmt in ("jsonl", "parquet", "hf_disk"):
-        allowed, required = GENERIC_FIELDS, [["question"], ["chosen", "response1"]]
-    elif fmt == "text_pref":
-        allowed, required = TEXT_PREF_FIELDS, [["question"], ["response1"], ["response2"], ["preference"]]
-    else:
-        allowed, required = {}, []
+    allowed, required = _FIELD_RULES.get(fmt, ({}, []))
     _unknown_field_keys(src, allowed)
     for p in _expand(src):
-        rows = _iter_hf_disk(p, src.split) if fmt == "hf_disk" else _iter_file_rows(p)
+        rows = _iter_hf_disk(p, src.split) if fmt == "hf_disk" else read_rows(p, folder_fix="point the source at its files")
         first = True
-        for file, line, raw, row, err in rows:
-            root = Path(src.image_root) if src.image_root else Path(file).parent
-            if fmt == "hf_disk" and not src.image_root:
-                root = p
-            if row is not None and first and required:
-                _check_fields(src, row, required, where(file, line), allowed)
-            if row is not None:
+        for fr in rows:
+            if src.image_root:
+                root = Path(src.image_root)
+            else:
+                root = p if fmt == "hf_disk" else Path(fr.file).parent
+            if fr.row is not None and first and required:
+                _check_fields(src, fr.row, required, where(fr.file, fr.line), allowed)
+            if fr.row is not None:
                 first = False
-            sr = SourceRow(file, line, raw, root, error=err)
-            if err is None:
-                media = _Media(root, media_dir, src.strip_image_dirs)
-                loc_id = f"{Path(file).stem}:{line}"
+            sr = SourceRow(fr.file, fr.line, fr.raw, root, error=fr.error)
+            if fr.error is None:
                 try:
-                    if fmt in ("jsonl", "parquet", "hf_disk"):
-                        sr.row, sr.root = _generic(row, src, media, loc_id)
-                    elif fmt == "text_pref":
-                        sr.row, sr.root = _text_pref(row, src, media, loc_id)
-                    elif fmt == "r1reward-rl":
-                        sr.row, sr.root = _r1reward_rl(row, src, media, loc_id)
-                    elif fmt == "genai":
-                        sr.row, sr.root = _genai(row, src, media, line)
-                    else:
-                        kind = {"mm-rlhf": "mm-rlhf-rewardbench", "vl-rewardbench": "vl-rewardbench"}[fmt]
-                        sr.row, sr.root = _benchmark(kind, row, src, media)
+                    sr.row, sr.root = _convert(fmt, fr, src, _Media(root, media_dir, src.strip_image_dirs))
                 except RowError as e:
                     sr.error = e
             yield sr
 
 
+# the field names a format maps (defaults), and the fields the first row must have (any of each list)
+_FIELD_RULES: dict[str, tuple[dict[str, list[str]], list[list[str]]]] = {
+    **{fmt: (GENERIC_FIELDS, [["question"], ["chosen", "response1"]]) for fmt in ("jsonl", "parquet", "hf_disk")},
+    "text_pref": (TEXT_PREF_FIELDS, [["question"], ["response1"], ["response2"], ["preference"]]),
+}
+_BENCHMARK_KIND = {"mm-rlhf": "mm-rlhf-rewardbench", "vl-rewardbench": "vl-rewardbench"}
+
+
+def _convert(fmt: str, fr: FileRow, src: Any, media: _Media) -> tuple[dict, Path]:
+    """A row of format `fmt` → (canonical dict, media root); RowError if it cannot be converted."""
+    loc_id = f"{Path(fr.file).stem}:{fr.line}"
+    if fmt in ("jsonl", "parquet", "hf_disk"):
+        return _generic(fr.row, src, media, loc_id)
+    if fmt == "text_pref":
+        return _text_pref(fr.row, src, media, loc_id)
+    if fmt == "r1reward-rl":
+        return _r1reward_rl(fr.row, src, media, loc_id)
+    if fmt == "genai":
+        return _genai(fr.row, src, media, fr.line)
+    return _benchmark(_BENCHMARK_KIND[fmt], fr.row, src, media)
+
+
 def _canonical(path: Path, root: Path, src: Any) -> Iterator[SourceRow]:
-    for line, raw, row, err in _iter_jsonl(path):
-        sr = SourceRow(str(path), line, raw, root, row=row, error=err)
-        if row is not None and src.category and row.get("category") is None:
-            row["category"] = src.category
+    for fr in jsonl_rows(path):
+        sr = SourceRow(fr.file, fr.line, fr.raw, root, row=fr.row, error=fr.error)
+        if fr.row is not None and src.category and fr.row.get("category") is None:
+            fr.row["category"] = src.category
         yield sr

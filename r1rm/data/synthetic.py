@@ -64,7 +64,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from r1rm.data.records import write_jsonl_atomic
+from r1rm.data.files import atomic_path, write_jsonl_atomic
 from r1rm.errors import ConfigError
 
 GENERATOR = "r1rm.synthetic/v1"
@@ -581,9 +581,8 @@ def render_image(scene: Scene, size: int) -> Image.Image:
 
 
 def _save_png(img: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    img.save(tmp, format="PNG", optimize=False, compress_level=6)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG", optimize=False, compress_level=6)
 
 
 def write_dataset(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from r1rm.data.chat import default_image_root
+from r1rm.data.media import default_image_root
 from r1rm.data.records import Record, dataset_files, read_numbered_records
 from r1rm.errors import ConfigError, DataError, InputFileError, R1RMError
 
@@ -78,19 +78,12 @@ def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool = True) -> list[
 
 
 def with_label_noise(items: list[Item], share: float) -> tuple[list[Item], int]:
-    """`items` with the label of about `share` of them flipped (1 <-> 2) — those whose uid hashes below
-    `share`, so the same items whatever the run's seed — and how many were flipped. Unlabelled items
-    stay as they are."""
+    """`items` with the label of about `share` of them flipped (r1rm.core.stress.noisy_labels: picked
+    by uid, the same items whatever the run's seed) and how many were flipped."""
     import dataclasses
-    import hashlib
 
-    if share <= 0:  # the default: no hashing at every start
-        return list(items), 0
-    out, flipped = [], 0
-    for it in items:
-        h = int.from_bytes(hashlib.sha256(f"label-noise:{it.rec.uid}".encode()).digest()[:8], "big") / 2**64
-        if it.rec.label is not None and h < share:
-            it = dataclasses.replace(it, rec=dataclasses.replace(it.rec, label=3 - it.rec.label))
-            flipped += 1
-        out.append(it)
-    return out, flipped
+    from r1rm.core.stress import noisy_labels
+
+    labels, flipped = noisy_labels([it.rec.label for it in items], [it.rec.uid for it in items], share=share)
+    return [it if lab == it.rec.label else dataclasses.replace(it, rec=dataclasses.replace(it.rec, label=lab))
+            for it, lab in zip(items, labels, strict=True)], flipped

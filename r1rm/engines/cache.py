@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from r1rm.data.files import truncate_partial_line
 from r1rm.engines.base import Request, Sample, SamplingParams
 from r1rm.errors import DataError
 
@@ -73,7 +74,8 @@ class ResultCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.index: dict[str, int] = {}
-        self.n_truncated = 0
+        # a line cut by a kill: only ever the last one (each line is one write)
+        self.n_truncated = int(truncate_partial_line(self.path))
         if self.path.exists():
             self._load()
         self._append = open(self.path, "ab")
@@ -83,9 +85,6 @@ class ResultCache:
         offset = 0
         with open(self.path, "rb") as f:
             for line_no, raw in enumerate(f, start=1):
-                if not raw.endswith(b"\n"):
-                    # a write cut by a kill: only ever the last line (each line is one write)
-                    break
                 try:
                     key = json.loads(raw)["key"]
                 except (ValueError, KeyError, TypeError):
@@ -93,10 +92,6 @@ class ResultCache:
                                     fix="delete that line (its request is asked again) or the whole cache file") from None
                 self.index.setdefault(key, offset)
                 offset += len(raw)
-        if offset != self.path.stat().st_size:
-            self.n_truncated = 1
-            with open(self.path, "rb+") as f:
-                f.truncate(offset)
 
     def __contains__(self, key: str) -> bool:
         return key in self.index

@@ -56,7 +56,7 @@ from PIL import Image
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from r1rm.core.choice import CHOICES, choice_probs_at_answer
-from r1rm.data.media import fit_visuals
+from r1rm.data.media import fit_visuals, map_parts
 from r1rm.engines.base import ProgressFn, Request, Sample, SamplingParams
 from r1rm.errors import InputFileError
 from r1rm.models.prefill import cache_kwarg, prefill_repeated
@@ -178,25 +178,19 @@ def _prepare_messages(messages: list[dict]) -> list[dict]:
     `make_batched_videos` takes each frame path for a whole video when the first chat of
     a batch has no video (video_utils.py, the nested frame-path shortcut reads videos[0][0]).
     """
-    out = []
-    for msg in fit_visuals(messages):
-        content = msg.get("content")
-        if not isinstance(content, list):
-            out.append(msg)
-            continue
-        parts = []
-        for part in content:
-            part = dict(part)
-            for key in ("image", "path"):
-                if key in part:
-                    part[key] = _media(part[key])
-            if isinstance(part.get("video"), (list, tuple)):
-                part["video"] = [_frame(f) for f in part["video"]]
-            elif "video" in part:
-                part["video"] = _media(part["video"])
-            parts.append(part)
-        out.append({**msg, "content": parts})
-    return out
+    return map_parts(fit_visuals(messages), _prepare_part)
+
+
+def _prepare_part(part: dict) -> dict:
+    part = dict(part)
+    for key in ("image", "path"):
+        if key in part:
+            part[key] = _media(part[key])
+    if isinstance(part.get("video"), (list, tuple)):
+        part["video"] = [_frame(f) for f in part["video"]]
+    elif "video" in part:
+        part["video"] = _media(part["video"])
+    return part
 
 
 def _single_token_ids(tokenizer, texts: Sequence[str]) -> tuple[int, ...] | None:

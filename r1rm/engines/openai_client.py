@@ -44,29 +44,16 @@ from pathlib import Path
 from typing import Any
 
 from r1rm.core.choice import choice_probs_from_logprobs, find_answer_position
+from r1rm.data.media import IMAGE_SUFFIXES, sniff_image
 from r1rm.engines.base import ProgressFn, Request, Sample, SamplingParams
 from r1rm.errors import InputFileError, MissingDependencyError
 
 TOP_LOGPROBS = 5
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-)
+# image formats an endpoint takes as they are; any other image is sent re-encoded as PNG
+_ENDPOINT_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
 
 # ---------------------------------------------------------------- message translation (pure)
-def _sniff_mime(data: bytes) -> str | None:
-    for magic, mime in _MAGIC:
-        if data.startswith(magic):
-            return mime
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
-
-
 def _png_data_url(img) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
@@ -86,9 +73,9 @@ def image_data_url(image: Any) -> str:
         data = path.read_bytes()
     except OSError as e:
         raise InputFileError(f"cannot read image '{path}': {e.strerror or e}", fix="check the image paths of the request") from None
-    mime = _sniff_mime(data)
-    if mime is not None:
-        return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+    sniffed = sniff_image(data)
+    if sniffed is not None and sniffed[1] in _ENDPOINT_MIMES:
+        return f"data:{sniffed[1]};base64," + base64.b64encode(data).decode("ascii")
     with Image.open(io.BytesIO(data)) as img:
         return _png_data_url(img.convert("RGB"))
 

@@ -22,6 +22,9 @@ import re
 import shutil
 from pathlib import Path
 
+from r1rm.config import RENAMED_KEYS, Config
+from r1rm.data.files import write_json_atomic
+from r1rm.errors import ConfigError
 from r1rm.runtime.modelprep import save_hf
 
 CHECKPOINTS = "checkpoints"
@@ -43,12 +46,6 @@ def checkpoint_dirs(out_dir: str | os.PathLike) -> list[Path]:
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     dirs = checkpoint_dirs(out_dir)
     return dirs[-1] if dirs else None
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _remove_dir(path: Path) -> None:
@@ -94,6 +91,75 @@ def save_checkpoint(accelerator, model, processor, out_dir: str | os.PathLike, *
     return final
 
 
+# What a resumed training run must share with the run that wrote its checkpoints: the settings
+# that shape the trajectory. How long it runs, how often it saves and evaluates, and the runtime
+# (logging, progress, device placement) may change between a run and its resume.
+RESUME_SECTIONS = {"sft": ("seed", "model.", "data.train", "data.image_root", "data.prompt", "sft."),
+                   "rl": ("seed", "model.", "data.train", "data.eval", "data.image_root", "data.prompt", "rl."),
+                   # eval: what decides the generations already written (the model, its inputs, the sampling)
+                   "eval": ("seed", "model.path", "model.dtype", "model.min_pixels", "model.max_pixels",
+                            "model.video_max_frames", "data.prompt", "generation.", "engine.kind", "engine.model_name",
+                            "engine.base_url", "eval.benchmark", "eval.path", "eval.k", "eval.temperature",
+                            "eval.answer_fallback")}
+# the consistency checker's endpoint and model stay free as they were under their old names (judge.*,
+# outside the rl identity)
+RESUME_FREE = ("model.gradient_checkpointing", "model.attn_implementation", "sft.max_steps", "sft.save_every_steps",
+               "sft.keep_last", "rl.max_steps", "rl.save_every_steps", "rl.keep_last", "rl.eval_every_steps",
+               "rl.eval_limit", "rl.consistency.engine_kind", "rl.consistency.base_url", "rl.consistency.model_name",
+               "rl.consistency.api_key_env", "rl.consistency.timeout_s", "rl.consistency.temperature",
+               "rl.consistency.retries")
+
+
+def _flatten(obj, prefix: str = "") -> dict:
+    if isinstance(obj, dict):
+        out: dict = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def _in_sections(key: str, command: str) -> bool:
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUME_SECTIONS[command])
+
+
+def identity_of(dump: dict, command: str) -> dict:
+    """The dotted settings of a config dump (`model_dump(mode="json")` or a run's config.yaml) that a
+    resume of `command` ("sft" / "rl") must find unchanged."""
+    return {k: v for k, v in _flatten(dump).items() if _in_sections(k, command) and k not in RESUME_FREE}
+
+
+def run_identity(cfg: Config, command: str) -> dict:
+    return identity_of(cfg.model_dump(mode="json"), command)
+
+
+def identity_changes(saved: dict, current: dict) -> list[str]:
+    """`key: saved -> now` for every setting both record with different values (a key only one
+    side has is a schema difference between r1rm versions, not a change of the run)."""
+    return [f"{k}: {saved[k]!r} -> {current[k]!r}" for k in sorted(set(saved) & set(current)) if saved[k] != current[k]]
+
+
+def refuse_renamed(out_dir: str | os.PathLike, ckpt: Path, saved: dict | None, command: str) -> None:
+    """Refuse a run written before config.RENAMED_KEYS's renames whose checkpoint identity (`saved`) or
+    config.yaml spells a setting of `command`'s identity by its old name: identity_changes compares
+    only the keys both sides record, so the resume would drop that setting silently."""
+    import yaml
+
+    config = Path(out_dir) / "config.yaml"
+    try:
+        dump = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        dump = None
+    spelled = {**_flatten(dump if isinstance(dump, dict) else {}), **(saved or {})}
+    old = [f"{k} -> {new}" for k, new in RENAMED_KEYS.items() if k in spelled and _in_sections(new, command)]
+    if old:
+        where = ckpt / STATE if any(k in (saved or {}) for k in RENAMED_KEYS) else config
+        raise ConfigError(f"{out_dir} holds checkpoints ({ckpt.name}) of a run written before these settings were "
+                          f"renamed, which this run would resume: {', '.join(old)}", where=str(where),
+                          fix="use a new output_dir, or set runtime.resume=false to start over in this one "
+                              "(recipes and overrides spell the new names)")
+
+
 def _listed(changes: list[str], most: int = 6) -> str:
     return "; ".join(changes[:most]) + (f"; and {len(changes) - most} more" if len(changes) > most else "")
 
@@ -101,19 +167,18 @@ def _listed(changes: list[str], most: int = 6) -> str:
 def check_resumable(out_dir: str | os.PathLike, identity: dict, command: str,
                     data_paths: list[str] = ()) -> Path | None:
     """The checkpoint a run would resume from, after checking it was written by a run with the same
-    settings (`identity`, config.run_identity): resuming another run's checkpoint — a reused
+    settings (`identity`, run_identity): resuming another run's checkpoint — a reused
     output_dir after the data or the recipe changed — would silently continue the wrong run.
     Checkpoints written before the settings were recorded are compared with the run's
-    config.yaml (written when it started), and refused when a data file is newer than them."""
+    config.yaml (written when it started), and refused when a data file is newer than them; a run
+    that spells renamed settings by their old names is refused (refuse_renamed)."""
     import yaml
-
-    from r1rm.config import identity_changes, identity_of
-    from r1rm.errors import ConfigError
 
     ckpt = latest_checkpoint(out_dir)
     if ckpt is None:
         return None
     saved = json.loads((ckpt / STATE).read_text()).get("run")
+    refuse_renamed(out_dir, ckpt, saved, command)
     where = ckpt / STATE
     if saved is None and (Path(out_dir) / "config.yaml").is_file():
         where = Path(out_dir) / "config.yaml"
@@ -155,9 +220,6 @@ def model_stamp(path: str) -> str:
 def check_same_eval(out_dir: Path, identity: dict, generations: list[Path]) -> None:
     """An eval folder already holding generations resumes only the same eval (`run.json`): the same
     model weights, inputs and sampling — else its rows would be counted for another model."""
-    from r1rm.config import identity_changes
-    from r1rm.errors import ConfigError
-
     record = out_dir / "run.json"
     if not record.is_file() or not any(g.is_file() and g.stat().st_size for g in generations):
         return

@@ -106,11 +106,26 @@ def test_eval_k_samples_then_vote(cli, tiny, data, tmp_path):
     assert proc.returncode == 0, proc.stderr
     votes = json.loads((out / "votes.json").read_text())
     assert [p["k"] for p in votes["curve"]] == [1, 2, 3]
-    anys = [p["any"] for p in votes["curve"]]
-    assert anys == sorted(anys)
     assert (out / "votes.png").stat().st_size > 1000
     assert_err = cli("vote", f"output_dir={out}", "vote.k_max=9")
     assert assert_err.returncode == 2 and "vote.k_max" in assert_err.stderr
+    # the same rows with known answers (the right one is 1: chosen first), per item its 3 samples
+    script = [(1, 1, 1), (2, 1, 1), (2, 2, 1), (None, 1, 2), (2, 2, 2), (None, None, None)]
+    uids = list(dict.fromkeys(r["uid"] for r in rows))
+    known = []
+    for r in rows:
+        choice = script[uids.index(r["uid"])][r["sample"]]
+        known.append({**r, "choice": choice, "correct": choice == 1, "p_choice": None})
+    (tmp_path / "known.jsonl").write_text("".join(json.dumps(r) + "\n" for r in known))
+    proc = cli("vote", f"output_dir={tmp_path / 'v'}", f"vote.generations={tmp_path / 'known.jsonl'}")
+    assert proc.returncode == 0, proc.stderr
+    curve = json.loads((tmp_path / "v" / "votes.json").read_text())["curve"]
+    # Any@k: items 1 | 1, 2, 4 | 1–4 have a right sample among their first k
+    assert [p["any"] for p in curve] == pytest.approx([1 / 6, 3 / 6, 4 / 6])
+    # Voting@k: k = 2 items 1 and 4 (its one vote; item 2's 1–1 tie is wrong), k = 3 items 1 and 2
+    assert [p["majority"] for p in curve] == pytest.approx([1 / 6, 2 / 6, 2 / 6])
+    # without p_choice a sample weighs 1: weighted voting counts as majority does
+    assert [p["weighted"] for p in curve] == pytest.approx([1 / 6, 2 / 6, 2 / 6])
 
 
 def _fixture_subset(shared_dir: Path, name: str, n: int, dst: Path) -> Path:

@@ -17,8 +17,12 @@ def common(tiny, out):
 
 
 def test_judge_pairs_and_candidates(cli, tiny, tmp_path):
+    """A judge that always answers "1" (whatever it is shown): every verdict is decided, so the swapped
+    order's mapping back to the input's numbering and the orders' disagreement are checked exactly."""
     from PIL import Image
+    from scripted import fixed_answer_model
 
+    says_1 = fixed_answer_model(tiny, tmp_path / "says-1")
     Image.new("RGB", (56, 56), "red").save(tmp_path / "a.png")
     items = [
         {"id": "p1", "question": "What colour?", "images": ["a.png"], "response1": "Red.", "response2": "Blue.", "label": 1},
@@ -28,22 +32,26 @@ def test_judge_pairs_and_candidates(cli, tiny, tmp_path):
     inp = tmp_path / "in.jsonl"
     inp.write_text("\n".join(json.dumps(x) for x in items) + "\n")
     out = tmp_path / "o"
-    proc = cli("judge", *common(tiny, out), f"judge.input={inp}")
+    proc = cli("judge", *common(says_1, out), f"judge.input={inp}")
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(x) for x in (out / "verdicts.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["p1", "p2", "c1"]
     p1, p2, c1 = rows
-    assert set(p1["orders"]) == {"as_given", "swapped"} and "correct" in p1 and "label" not in p2
+    assert set(p1["orders"]) == {"as_given", "swapped"} and "label" not in p2 and "correct" not in p2
     for r in (p1, p2):
-        assert r["choice"] in (1, 2, None)
-        sw = r["orders"]["swapped"]
-        if sw["raw_choice"] is not None:
-            assert sw["choice"] == 3 - sw["raw_choice"]  # mapped back to the input's numbering
-    assert c1["n_candidates"] == 3 and sorted(c1["ranking"]) == [0, 1, 2] and c1["best"] == c1["ranking"][0]
-    decided = sum(sum(row) for row in c1["wins"]) + c1["undecided_verdicts"]
-    assert decided == 6  # 3 pairs x 2 orders
+        given, swapped = r["orders"]["as_given"], r["orders"]["swapped"]
+        assert (given["raw_choice"], given["choice"]) == (1, 1)
+        assert (swapped["raw_choice"], swapped["choice"]) == (1, 2)  # mapped back to the input's numbering
+        assert given["p_choice"] == swapped["p_choice"] == 1.0
+        # the orders disagree with equal confidence: no verdict
+        assert (r["choice"], r["agree"], r["p_choice"]) == (None, False, None)
+    assert (p1["label"], p1["correct"]) == (1, False)
+    # every pair: as given "1" is a win for the first candidate, swapped "1" one for the second
+    assert c1["n_candidates"] == 3 and c1["wins"] == [[0, 1, 1], [1, 0, 1], [1, 1, 0]]
+    assert c1["undecided_verdicts"] == 0 and [s["win_rate"] for s in c1["scores"]] == [0.5, 0.5, 0.5]
+    assert sorted(c1["ranking"]) == [0, 1, 2] and c1["best"] == c1["ranking"][0]
     # rerun: nothing to do, nothing duplicated
-    proc = cli("judge", *common(tiny, out), f"judge.input={inp}")
+    proc = cli("judge", *common(says_1, out), f"judge.input={inp}")
     assert proc.returncode == 0
     assert len((out / "verdicts.jsonl").read_text().splitlines()) == 3
 

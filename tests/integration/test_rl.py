@@ -1,5 +1,5 @@
 """`r1rm rl` on CPU with the tiny model: every algorithm on 1 and 2 processes, KL with a
-reference model, a model consistency judge that fails, checkpoints and exact resume."""
+reference model, a model consistency checker (scripted endpoint, and one that is down), checkpoints and exact resume."""
 
 import json
 import math
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from r1rm.core.algorithms import ALGORITHMS
+
 REPO = Path(__file__).resolve().parents[2]
-ALGORITHMS = ["stable_reinforce", "reinforce_pp", "grpo", "rloo", "reinforce_baseline"]
 
 
 @pytest.fixture(scope="module")
@@ -82,20 +83,67 @@ def test_kl_reference_eval_and_official_filter(cli, tiny, data, tmp_path):
     assert summary["adv_filter"] == "official" and summary["grouped_forward"] is False
 
 
-def test_model_judge_failures_are_counted_not_rewarded(cli, tiny, data, tmp_path):
-    out = tmp_path / "judge"
-    # nothing listens on this port: every judge call fails, the run completes, consistency stays 0
-    proc = cli(*args(tiny, data, out, "rl.consistency_judge=model", "judge.base_url=http://127.0.0.1:9/v1",
-                     "judge.model_name=x", "judge.timeout_s=2", "judge.retries=1", "rl.max_steps=1"))
+def test_model_consistency_checker_counts_calls_and_failures(cli, tiny, data, tmp_path):
+    """The model checker is asked only about right answers. A model that always answers "1" is right
+    on half of a both-orders batch (8 of 16 samples); a scripted endpoint's replies then give known
+    verdicts, retries and failures, and an endpoint that is down fails every request, counted."""
+    from scripted import ScriptedEndpoint, fixed_answer_model
+
+    model = fixed_answer_model(tiny, tmp_path / "says-1")
+    checker = ["rl.max_steps=1", "rl.consistency.mode=model", "rl.consistency.model_name=x"]
+    # attempt 1: 8 requests, 2 unreadable replies and 6 verdicts "1"; attempt 2 asks about those 2
+    # again: one reply unreadable (a failure after the 2 attempts), one verdict "0"
+    replies = ["no verdict"] * 2 + ["1"] * 6 + ["no verdict", "0"]
+    out = tmp_path / "scripted"
+    with ScriptedEndpoint(replies) as endpoint:
+        proc = cli(*args(model, data, out, *checker, f"rl.consistency.base_url={endpoint.url}",
+                         "rl.consistency.retries=2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(endpoint.prompts) == 10
+    assert all("Reasoning: x\nVerdict: response 1 is better" in p for p in endpoint.prompts)
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["consistency_calls"], summary["consistency_failures"]) == (10, 1)
+    last = rows(out)[-1]
+    assert (last["rollout_samples"], last["reward_result"], last["reward_format"]) == (16, 0.5, 1.0)
+    assert last["reward_consistency"] == (6 - 1) / 16
+    # totals: 6 right and consistent 2.0, 1 right and inconsistent 1.0, the failed one 1.5, 8 wrong 0.5
+    assert last["reward"] == (6 * 2.0 + 1.0 + 1.5 + 8 * 0.5) / 16
+    # nothing listens on this port: all 8 requests fail, the run completes, consistency stays 0
+    down = tmp_path / "down"
+    proc = cli(*args(model, data, down, *checker, "rl.consistency.base_url=http://127.0.0.1:9/v1",
+                     "rl.consistency.timeout_s=2", "rl.consistency.retries=1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((down / "summary.json").read_text())
+    assert (summary["consistency_calls"], summary["consistency_failures"]) == (8, 8)
+    last = rows(down)[-1]
+    assert last["reward_consistency"] == 0.0 and last["reward"] == (8 * 1.5 + 8 * 0.5) / 16
+    proc = cli(*args(tiny, data, tmp_path / "nourl", "rl.consistency.mode=model"))
+    assert proc.returncode == 2 and "rl.consistency.base_url" in proc.stderr
+
+
+def test_msrl_type_reward_reaches_the_total(cli, tiny, tmp_path):
+    """MSRL's <type> reward in the RL reward: a model that always names "image understanding" (and
+    answers "1") earns it on the image items and not on the text items of the same batch."""
+    from scripted import fixed_answer_model
+
+    from r1rm.data.synthetic import write_dataset
+
+    model = fixed_answer_model(tiny, tmp_path / "says-image",
+                               "<type>image understanding</type><think>x</think><answer>1</answer>")
+    image = write_dataset(tmp_path / "d", 2, seed=7, levels=(1,), modality="image", prefix="img")
+    text = write_dataset(tmp_path / "d", 2, seed=8, levels=(1,), modality="text", prefix="txt")
+    both = tmp_path / "d" / "both.jsonl"  # next to the images the image items name
+    both.write_text(image.read_text() + text.read_text())
+    out = tmp_path / "msrl"
+    # 4 items × 2 orders × 2 samples: the whole data set in one step
+    proc = cli(*args(model, (both, both), out, "data.prompt=msrl", "data.eval=[]", "rl.max_steps=1",
+                     "rl.max_new_tokens=16", "rl.type_weight=0.2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = rows(out)[-1]
-    assert last["reward_consistency"] == 0.0
-    summary = json.loads((out / "summary.json").read_text())
-    # the judge is asked only about right answers; every such request failed and was counted
-    # (the failure accounting itself is unit-tested with a scripted engine)
-    assert summary["judge_failures"] == summary["judge_calls"]
-    proc = cli(*args(tiny, data, tmp_path / "nourl", "rl.consistency_judge=model"))
-    assert proc.returncode == 2 and "judge.base_url" in proc.stderr
+    assert (last["rollout_samples"], last["reward_format"], last["reward_result"]) == (16, 1.0, 0.5)
+    assert last["reward_type"] == 0.5 and last["reward_consistency"] == 0.0
+    # per sample: result + 0.5 × format + 0.2 × type, so 0.5 + 0.5 + 0.2 × 0.5 on average
+    assert last["reward"] == pytest.approx(1.1)
 
 
 def test_rl_config_errors(cli, tiny, data, tmp_path):
@@ -272,7 +320,7 @@ def test_keep_best_saves_the_best_periodic_eval_policy(cli, tiny, data, tmp_path
 
 
 def test_stale_rollouts_start_off_policy_and_resume_exactly(cli, tiny, data, tmp_path):
-    """rl.stress_rollout_lag=1 (a rollout engine one step behind): with one update per rollout,
+    """rl.stress.rollout_lag=1 (a rollout engine one step behind): with one update per rollout,
     step 1 samples with the start weights, so its ratios are 1; step 2 samples with, and takes its
     old log-probs from, the weights before step 1's update, so its ratios start away from 1 (an
     on-policy run with the same settings stays at 1). A run resumed from its step-2 checkpoint
@@ -285,7 +333,7 @@ def test_stale_rollouts_start_off_policy_and_resume_exactly(cli, tiny, data, tmp
     one_update = ["rl.train_batch_size=16", "rl.max_steps=3", "rl.lr=1e-3", "rl.keep_last=3", "rl.kl_coef=0.1",
                   "rl.kl_in=loss"]
     on, lag = tmp_path / "on", tmp_path / "lag"
-    for out, extra in ((on, []), (lag, ["rl.stress_rollout_lag=1"])):
+    for out, extra in ((on, []), (lag, ["rl.stress.rollout_lag=1"])):
         proc = cli(*args(tiny, data, out, *one_update, *extra))
         assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = rows(on), rows(lag)
@@ -300,7 +348,7 @@ def test_stale_rollouts_start_off_policy_and_resume_exactly(cli, tiny, data, tmp
     shutil.rmtree(resumed / "checkpoints" / "step-0000003")
     for name in ("model", "summary.json"):
         shutil.rmtree(resumed / name) if (resumed / name).is_dir() else (resumed / name).unlink()
-    proc = cli(*args(tiny, data, resumed, *one_update, "rl.stress_rollout_lag=1"))
+    proc = cli(*args(tiny, data, resumed, *one_update, "rl.stress.rollout_lag=1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     c = rows(resumed)
     assert [x["step"] for x in c] == [1, 2, 3]
@@ -310,22 +358,22 @@ def test_stale_rollouts_start_off_policy_and_resume_exactly(cli, tiny, data, tmp
 
     shutil.rmtree(resumed / "checkpoints" / "step-0000003")
     (resumed / "checkpoints" / "step-0000002" / "extra_state.pt").unlink()
-    proc = cli(*args(tiny, data, resumed, *one_update, "rl.stress_rollout_lag=1"))
+    proc = cli(*args(tiny, data, resumed, *one_update, "rl.stress.rollout_lag=1"))
     assert proc.returncode == 2 and "no rollout-lag weights" in proc.stderr and "Traceback" not in proc.stderr
-    proc = cli(*args(tiny, data, tmp_path / "ds", *one_update, "rl.stress_rollout_lag=1",
+    proc = cli(*args(tiny, data, tmp_path / "ds", *one_update, "rl.stress.rollout_lag=1",
                      "runtime.deepspeed=recipes/deepspeed/zero2.json"))
-    assert proc.returncode == 2 and "stress_rollout_lag" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "rl.stress.rollout_lag" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_stress_faults_reach_the_loss_and_the_metrics_stay_true(cli, tiny, data, tmp_path):
-    """rl.stress_logprob_mismatch: with one update per rollout the old log-probs are the update
+    """rl.stress.logprob_mismatch: with one update per rollout the old log-probs are the update
     pass's own (ratio exactly 1, the lag test's on-policy run), so every ratio past 10^3 here comes
     from the injected engine/trainer gaps (±12 nats), and Pre-CLIP reports binding on those tokens
-    alone. rl.stress_reward_outliers: the replaced samples' advantages are what the filter drops,
+    alone. rl.stress.reward_outliers: the replaced samples' advantages are what the filter drops,
     while the logged reward stays the true one (the untrained model earns 0, never -10)."""
     out = tmp_path / "faults"
-    proc = cli(*args(tiny, data, out, "rl.train_batch_size=16", "rl.max_steps=2", "rl.stress_logprob_mismatch=0.2",
-                     "rl.stress_reward_outliers=0.1"))
+    proc = cli(*args(tiny, data, out, "rl.train_batch_size=16", "rl.max_steps=2", "rl.stress.logprob_mismatch=0.2",
+                     "rl.stress.reward_outliers=0.1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = rows(out)
     assert all(x["ratio_max"] == pytest.approx(math.exp(12.0), rel=1e-3) for x in r)

@@ -13,7 +13,8 @@ from r1rm.data.benchmarks import (
     read_benchmark,
     vl_rewardbench_category,
 )
-from r1rm.data.records import Reject, write_jsonl_atomic
+from r1rm.data.files import write_jsonl_atomic
+from r1rm.data.records import Reject
 from r1rm.errors import DataError, InputFileError
 
 FIXTURES = Path(__file__).parents[2].parent / "shared" / "fixtures"

@@ -137,3 +137,41 @@ def test_every_shipped_recipe_validates(recipe):
 
 def test_there_are_shipped_recipes():
     assert list((REPO / "recipes").rglob("*.yaml"))
+
+
+def test_a_renamed_key_is_told_its_new_name(tmp_path):
+    from r1rm.config import RENAMED_KEYS
+
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["rl.stress_label_noise=0.1"])
+    assert "'rl.stress_label_noise' was renamed to rl.stress.label_noise" in e.value.what
+    assert e.value.fix == "write rl.stress.label_noise=VALUE"
+    with pytest.raises(ConfigError, match="'judge.base_url' was renamed to rl.consistency.base_url"):
+        load_config(None, ["judge.base_url=http://127.0.0.1:8001/v1"])
+    r = write(tmp_path, "seed: 1\nrl:\n  consistency_judge: rule\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(r)
+    assert f"{r}:3: unknown key 'rl.consistency_judge' (renamed to rl.consistency.mode)" in e.value.what
+    # the map names keys that the schema has lost, each to one that it has
+    keys = {k for k, *_ in schema_rows()}
+    assert not keys & set(RENAMED_KEYS) and set(RENAMED_KEYS.values()) <= keys
+
+
+def test_a_synthetic_source_reads_the_synthetic_settings_flat():
+    from r1rm.config import SourceConfig, SyntheticConfig
+
+    cfg = load_config(None, ["build.sources=[{name: s, format: synthetic, n: 5, levels: [1, 2], teacher_blind: [red]}]"])
+    src = cfg.build.sources[0]
+    assert (src.n, src.levels, src.teacher_blind, src.modality) == (5, [1, 2], ["red"], "image")
+    # the same defaults as data.synthetic, and the fields in the order the build-data manifest records them
+    shared = [k for k in SourceConfig.model_fields if k in SyntheticConfig.model_fields]
+    assert shared == ["n", "levels", "modality", "image_size", "seed", "teacher_error", "teacher_blind", "teacher_mistake"]
+    plain = SourceConfig(name="p", format="jsonl", path="x.jsonl")
+    assert {k: getattr(plain, k) for k in shared} == {k: getattr(Config().data.synthetic, k) for k in shared}
+    assert list(SourceConfig.model_fields)[:3] == ["name", "format", "path"]
+    assert list(SyntheticConfig.model_fields)[:4] == ["n", "n_eval", "n_val", "levels"]
+    with pytest.raises(ConfigError, match="source 's': levels must be integers 1-6, got \\[7\\]"):
+        load_config(None, ["build.sources=[{name: s, format: synthetic, levels: [7]}]"])
+    with pytest.raises(ConfigError, match="teacher_mistake"):
+        load_config(None, ["build.sources=[{name: s, format: synthetic, teacher_mistake: lazy}]"])
+    assert "n_eval" not in SourceConfig.model_fields

@@ -5,15 +5,9 @@ from pathlib import Path
 import pytest
 
 from r1rm.data.chat import oriented, record_messages
-from r1rm.data.records import (
-    JsonlAppender,
-    RowError,
-    parse_record,
-    read_numbered_records,
-    read_records,
-    resolve_path,
-    write_jsonl_atomic,
-)
+from r1rm.data.files import JsonlAppender, RowError, write_jsonl_atomic
+from r1rm.data.media import resolve_path
+from r1rm.data.records import parse_record, read_numbered_records, read_records
 from r1rm.errors import DataError, InputFileError
 
 GOOD = {"id": "a", "question": "Q?", "response1": "yes", "response2": "no", "label": 1}
@@ -186,7 +180,7 @@ def test_record_messages_by_modality(tmp_path):
 
 
 def test_label_noise_flips_a_stable_share_of_labelled_items():
-    """rl.stress_label_noise: about `share` of the items flipped (1 <-> 2), picked by uid — the same
+    """rl.stress.label_noise: about `share` of the items flipped (1 <-> 2), picked by uid — the same
     items in any order — and unlabelled items left alone."""
     from pathlib import Path
 

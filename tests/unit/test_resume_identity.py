@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from r1rm.config import identity_changes, load_config, run_identity
+from r1rm.config import load_config
+from r1rm.runtime.checkpoint import identity_changes, run_identity
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,3 +65,82 @@ def test_a_corrupt_eval_record_is_a_clear_error(tmp_path):
     assert e.value.where == str(tmp_path / "run.json")
     (tmp_path / "run.json").write_text('{"model.path": "m"}')
     check_same_eval(tmp_path, {"model.path": "m"}, [tmp_path / "generations.jsonl"])  # the same eval: no error
+
+
+def test_the_identity_follows_the_renamed_sections():
+    cfg = load_config(ROOT / "recipes/tiny/rl_demo.yaml", ["rl.stress.label_noise=0.1", "rl.consistency.mode=model"])
+    rl = run_identity(cfg, "rl")
+    assert rl["rl.stress.label_noise"] == 0.1 and rl["rl.stress.outlier_reward"] == -10.0
+    assert rl["rl.consistency.mode"] == "model"
+    # the checker's endpoint and model were judge.*, outside the identity: they stay free to change
+    assert not any(k.startswith("rl.consistency.") and k != "rl.consistency.mode" for k in rl)
+    assert not any(k.startswith("judge.") for k in rl)
+
+
+# a run written before 2026-12-06: its checkpoint's identity and its config.yaml spell the old keys
+OLD_IDENTITY = {"seed": 0, "rl.lr": 1e-4, "rl.stress_label_noise": 0.0, "rl.stress_rollout_lag": 0,
+                "rl.stress_logprob_mismatch": 0.0, "rl.stress_logprob_gap": 12.0, "rl.stress_reward_outliers": 0.0,
+                "rl.stress_outlier_reward": -10.0, "rl.consistency_judge": "rule", "rl.consistency_weight": 0.5}
+OLD_JUDGE = {"input": None, "both_orders": True, "engine_kind": "openai", "base_url": None, "model_name": None,
+             "api_key_env": "OPENAI_API_KEY", "timeout_s": 60.0, "temperature": 0.1, "retries": 3}
+
+
+def _old_run(out: Path, identity: dict | None, *, config: bool = True) -> Path:
+    import json
+
+    import yaml
+
+    ckpt = out / "checkpoints" / "step-0000002"
+    ckpt.mkdir(parents=True)
+    state = {"step": 2} if identity is None else {"run": identity, "step": 2}
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    if config:
+        rl = {k.removeprefix("rl."): v for k, v in OLD_IDENTITY.items() if k.startswith("rl.")}
+        (out / "config.yaml").write_text(yaml.safe_dump({"output_dir": str(out), "seed": 0, "rl": rl, "judge": OLD_JUDGE}))
+    return ckpt
+
+
+def _refusal(out: Path, command: str = "rl"):
+    import pytest
+
+    from r1rm.errors import ConfigError
+    from r1rm.runtime.checkpoint import check_resumable
+
+    with pytest.raises(ConfigError) as e:
+        check_resumable(out, {"seed": 0, "rl.lr": 1e-4}, command)
+    return e.value
+
+
+def test_a_run_written_before_the_renames_is_refused_naming_each_key(tmp_path):
+    from r1rm.config import RENAMED_KEYS
+
+    ckpt = _old_run(tmp_path, OLD_IDENTITY)
+    err = _refusal(tmp_path)
+    assert "written before these settings were renamed" in err.what and ckpt.name in err.what
+    for old, new in RENAMED_KEYS.items():  # the stress and consistency keys from the identity, judge.* from config.yaml
+        assert f"{old} -> {new}" in err.what
+    assert err.where == str(ckpt / "trainer_state.json")
+    assert "new output_dir" in err.fix and "runtime.resume=false" in err.fix
+
+
+def test_only_the_old_keys_present_are_named(tmp_path):
+    _old_run(tmp_path, {"seed": 0, "rl.lr": 1e-4, "rl.stress_label_noise": 0.0}, config=False)
+    err = _refusal(tmp_path)
+    assert "rl.stress_label_noise -> rl.stress.label_noise" in err.what
+    assert "rl.consistency_judge" not in err.what and "judge." not in err.what
+
+
+def test_a_checkpoint_without_an_identity_is_refused_from_its_config_yaml(tmp_path):
+    _old_run(tmp_path, None)
+    err = _refusal(tmp_path)
+    assert err.where == str(tmp_path / "config.yaml")
+    assert "judge.base_url -> rl.consistency.base_url" in err.what
+    assert "rl.stress_rollout_lag -> rl.stress.rollout_lag" in err.what
+
+
+def test_an_sft_run_has_no_renamed_setting_to_lose(tmp_path):
+    from r1rm.runtime.checkpoint import check_resumable
+
+    ckpt = _old_run(tmp_path, {"seed": 0, "sft.lr": 3e-3})
+    # its config.yaml spells rl.stress_* and judge.*, but an sft resume compares none of them
+    assert check_resumable(tmp_path, {"seed": 0, "sft.lr": 3e-3}, "sft") == ckpt

@@ -1,5 +1,6 @@
 import pytest
 
+from r1rm.core.prompts import TASK_TYPE_PHRASES
 from r1rm.core.rewards import (
     combine,
     format_reward,
@@ -41,10 +42,25 @@ def test_total_reward_table(result, consistency, fmt, total):
 
 
 def test_type_reward_and_weights():
-    text = "<type>image understanding</type><think>t</think><answer>1</answer>"
-    assert type_reward(text, "image_understanding") == 1.0 and type_reward(text, "video_generation") == 0.0
+    """MSRL (METHOD §6): naming the sample's task type in <type> earns an extra 0.2; any other type,
+    an unknown phrase or no <type> earns nothing."""
+    for task, phrase in TASK_TYPE_PHRASES.items():
+        text = f"<type>{phrase}</type><think>t</think><answer>1</answer>"
+        assert [type_reward(text, t) for t in TASK_TYPE_PHRASES] == [float(t == task) for t in TASK_TYPE_PHRASES]
+    assert type_reward("<type> Video Generation </type><think>t</think>", "video_generation") == 1.0
+    assert type_reward("<type>video</type><think>t</think>", "video_generation") == 0.0
+    assert type_reward("<type></type><think>t</think>", "text") == 0.0
     assert type_reward("<think>t</think>", "text") == 0.0
-    assert combine(fmt=1, result=1, consistency=1, type_score=1, type_weight=0.2) == pytest.approx(2.2)
+    text = "<type>image understanding</type><think>t</think><answer>1</answer>"
+    right, wrong = type_reward(text, "image_understanding"), type_reward(text, "image_generation")
+    assert (right, wrong) == (1.0, 0.0)
+    # right answer, good format, no consistency: 1 + 0.5, plus 0.2 for the right type only
+    assert combine(fmt=1, result=1, consistency=0, type_score=right, type_weight=0.2) == pytest.approx(1.7)
+    assert combine(fmt=1, result=1, consistency=0, type_score=wrong, type_weight=0.2) == 1.5
+    # the type counts whatever the result; it is off with its weight (the R1-Reward prompt)
+    assert combine(fmt=1, result=0, consistency=0, type_score=right, type_weight=0.2) == pytest.approx(0.7)
+    assert combine(fmt=1, result=1, consistency=1, type_score=right, type_weight=0.2) == pytest.approx(2.2)
+    assert combine(fmt=1, result=1, consistency=1, type_score=right) == 2.0
 
 
 def test_judge_request_and_reply():

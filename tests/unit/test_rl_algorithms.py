@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from r1rm.core.advantages import (
+    ESTIMATORS,
     baseline_advantages,
     filter_official,
     filter_paper,
@@ -14,13 +15,15 @@ from r1rm.core.advantages import (
     grpo_advantages,
     masked_moments,
     moments_to_mean_std,
+    needs_batch_moments,
     raw_advantages,
     returns_to_go,
     rloo_advantages,
     token_rewards,
-    with_reward_outliers,
 )
-from r1rm.core.policy_loss import aggregate, clipped_policy_loss, engine_logprob_gaps, kl_estimate
+from r1rm.core.algorithms import ALGORITHMS
+from r1rm.core.policy_loss import aggregate, clipped_policy_loss, kl_estimate
+from r1rm.core.stress import engine_logprob_gaps, with_reward_outliers
 
 
 def test_token_rewards_and_returns_hand_worked():
@@ -30,15 +33,22 @@ def test_token_rewards_and_returns_hand_worked():
     assert torch.allclose(r, torch.tensor([[-0.01, -0.02, 2 - 0.03, 0.0], [-0.05, 1 - 0.05, 0.0, 0.0]]))
     g = returns_to_go(r, mask)
     assert torch.allclose(g, torch.tensor([[1.94, 1.95, 1.97, 0.0], [0.9, 0.95, 0.0, 0.0]]))
+    # discounted, G_t = r_t + γ·G_{t+1}: with γ = 0.5, row 1: 1.97; −0.02 + 0.985 = 0.965;
+    # −0.01 + 0.4825 = 0.4725. Row 2: 0.95; −0.05 + 0.475 = 0.425
+    half = returns_to_go(r, mask, gamma=0.5)
+    assert torch.allclose(half, torch.tensor([[0.4725, 0.965, 1.97, 0.0], [0.425, 0.95, 0.0, 0.0]]))
+    # γ = 0.999: −0.02 + 0.999·1.97 = 1.94803; −0.01 + 0.999·1.94803 = 1.93608197; −0.05 + 0.999·0.95 = 0.89905
+    near = returns_to_go(r, mask, gamma=0.999)
+    assert torch.allclose(near, torch.tensor([[1.93608197, 1.94803, 1.97, 0.0], [0.89905, 0.95, 0.0, 0.0]]))
 
 
-def loop_returns(token_r, mask):
+def loop_returns(token_r, mask, gamma=1.0):
     out = torch.zeros_like(token_r)
     for b in range(token_r.shape[0]):
         run = 0.0
         for t in reversed(range(token_r.shape[1])):
             if mask[b, t]:
-                run += float(token_r[b, t])
+                run = float(token_r[b, t]) + gamma * run
                 out[b, t] = run
     return out
 
@@ -51,7 +61,7 @@ def test_vectorised_returns_match_the_loop_reference():
         mask = (torch.arange(T)[None, :] < lengths[:, None]).float()
         tr = token_rewards(torch.randn(B, generator=g), mask, kl=torch.randn(B, T, generator=g), kl_coef=0.05)
         assert torch.allclose(returns_to_go(tr, mask), loop_returns(tr, mask), atol=1e-6)
-        assert torch.allclose(returns_to_go(tr, mask, gamma=0.999), returns_to_go(tr, mask, gamma=0.999))
+        assert torch.allclose(returns_to_go(tr, mask, gamma=0.999), loop_returns(tr, mask, gamma=0.999), atol=1e-6)
 
 
 def test_normalisation_identical_on_one_and_two_processes():
@@ -77,13 +87,66 @@ def test_paper_filter_zeroes_beyond_three_sigma():
 def test_official_filter_uses_the_shifted_window():
     adv = torch.tensor([[-2.5, -0.5, 1.0, 3.5, float("nan"), 11.0]])
     mask = torch.ones(1, 6)
-    # μ = 1.0 (un-normalised mean reward): keep [-2, 4]
+    # μ = 1.0 (the un-normalised token mean): keep [-2, 4]
     out, drop = filter_official(adv, mask, raw_mean=1.0)
     assert out.tolist() == [[0.0, -0.5, 1.0, 3.5, 0.0, 0.0]]
     assert drop.sum() == 3
     # with μ = 3.5 every negative advantage is dropped: the defect METHOD §3 describes
     out, _ = filter_official(torch.tensor([[-1.0, -0.2, 2.0]]), torch.ones(1, 3), raw_mean=3.5)
     assert out.tolist() == [[0.0, 0.0, 2.0]]
+
+
+def test_official_filter_centres_on_the_token_mean_of_the_returns():
+    """The released code's μ is the mean of the returns over all valid tokens (KL terms included),
+    so a long sequence weighs more than a short one; the mean sequence reward would be 3 here."""
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1]], dtype=torch.float32)
+    kl = torch.tensor([[0.0, 7.0, 7.0], [1.0, 1.0, 1.0]])
+    raw = raw_advantages("stable_reinforce", torch.tensor([6.0, 0.0]), mask, kl=kl, kl_coef=0.5)
+    # token rewards: [6], [−0.5, −0.5, −0.5] → returns [6], [−1.5, −1, −0.5]
+    assert raw.tolist() == [[6.0, 0.0, 0.0], [-1.5, -1.0, -0.5]]
+    assert needs_batch_moments("stable_reinforce", adv_filter="official")
+    mean, std = moments_to_mean_std(masked_moments(raw, mask))
+    # μ = (6 − 1.5 − 1 − 0.5) / 4 = 0.75; σ² = (5.25² + 2.25² + 1.75² + 1.25²) / 4 = 9.3125
+    assert mean == 0.75 and std == pytest.approx(math.sqrt(9.3125))
+    adv, drop = finish_advantages("stable_reinforce", raw, mask, mean=mean, std=std, adv_filter="official")
+    # Â = [1.720], [−0.737, −0.573, −0.410]: all inside [μ − 3, μ + 3] = [−2.25, 3.75]; a window
+    # around the mean sequence reward, [0, 6], would drop the three negative ones
+    want = torch.tensor([[5.25, 0.0, 0.0], [-2.25, -1.75, -1.25]]) / (math.sqrt(9.3125) + 1e-8)
+    assert torch.allclose(adv, want) and not drop.any()
+    # the long sequence now earns 6: μ = 4.5, σ² = (3·1.5² + 4.5²) / 4 = 6.75, Â = [0.577 ×3], [−1.732]:
+    # every Â is below μ − 3 = 1.5, so the shifted window drops every token (the defect METHOD §3 names)
+    mask2 = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.float32)
+    raw2 = raw_advantages("stable_reinforce", torch.tensor([6.0, 0.0]), mask2)
+    mean2, std2 = moments_to_mean_std(masked_moments(raw2, mask2))
+    assert mean2 == 4.5 and std2 == pytest.approx(math.sqrt(6.75))
+    adv2, drop2 = finish_advantages("stable_reinforce", raw2, mask2, mean=mean2, std=std2, adv_filter="official")
+    assert drop2.tolist() == [[True, True, True], [True, False, False]] and not adv2.any()
+    # grpo is not normalised, but the official filter still needs the batch's token mean of its advantages
+    assert needs_batch_moments("grpo", adv_filter="official") and not needs_batch_moments("grpo", adv_filter="paper")
+    g = raw_advantages("grpo", torch.tensor([1.0, 0.0]), mask, group_size=2, scale_std=False)
+    g_mean, g_std = moments_to_mean_std(masked_moments(g, mask))
+    assert g_mean == -0.25  # (0.5 − 3·0.5) / 4
+    # window [−3.25, 2.75]: an advantage of 2.9 survives the paper's |Â| ≤ 3 but not this one
+    big = torch.tensor([[2.9, 0.0, 0.0], [-0.5, -0.5, -0.5]])
+    out, drop = finish_advantages("grpo", big, mask, mean=g_mean, std=g_std, adv_filter="official")
+    assert drop.tolist() == [[True, False, False], [False, False, False]]
+    assert out.tolist() == [[0.0, 0.0, 0.0], [-0.5, -0.5, -0.5]]
+
+
+def test_one_registry_holds_every_algorithm():
+    from typing import get_args
+
+    from r1rm.config import RLConfig
+
+    assert tuple(ESTIMATORS) == ALGORITHMS
+    assert get_args(RLConfig.model_fields["algorithm"].annotation) == ALGORITHMS
+    assert [a for a in ALGORITHMS if ESTIMATORS[a].batch_normalised] == ["stable_reinforce", "reinforce_pp",
+                                                                          "reinforce_baseline"]
+    mask = torch.ones(2, 2)
+    with pytest.raises(ValueError, match="unknown algorithm 'ppo'"):
+        raw_advantages("ppo", torch.zeros(2), mask)
+    with pytest.raises(ValueError, match="unknown algorithm 'ppo'"):
+        finish_advantages("ppo", mask, mask)
 
 
 def test_grpo_rloo_baseline_hand_worked():
@@ -170,7 +233,7 @@ def test_clipped_loss_hand_worked_and_pre_clip():
 
 
 def test_engine_logprob_gaps_share_sign_mask_and_seed():
-    """rl.stress_logprob_mismatch: about `share` of the valid tokens get a gap of ±gap (both signs),
+    """rl.stress.logprob_mismatch: about `share` of the valid tokens get a gap of ±gap (both signs),
     padding none; the same seed draws the same gaps (a resumed run), another seed others."""
     mask = torch.ones(64, 200)
     mask[:, 150:] = 0  # padding
@@ -196,7 +259,7 @@ def test_engine_logprob_gaps_share_sign_mask_and_seed():
 
 
 def test_reward_outliers_replace_a_share_of_valid_samples_and_the_filter_drops_them():
-    """rl.stress_reward_outliers: about `share` of the valid samples get `value`; invalid ones
+    """rl.stress.reward_outliers: about `share` of the valid samples get `value`; invalid ones
     never; seeded. Their normalised advantages lie beyond 3σ, so the paper's filter zeroes them."""
     n = 4000
     rewards, valid = [2.0 if k % 5 else 0.5 for k in range(n)], [0.0 if k % 50 == 0 else 1.0 for k in range(n)]
