@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast demo demo-model demo-data demo-eval-base demo-sft demo-rl demo-vote demo-report bench gpu-check ablation-stability transfer lint clean
+.PHONY: install test test-fast test-vllm demo demo-model demo-data demo-eval-base demo-sft demo-rl demo-vote demo-report bench gpu-check ablation-stability transfer lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q tests/unit
+
+# the vLLM tests (tests/with_vllm) in their own environment: vLLM's CPU build pins another torch and
+# transformers (scripts/vllm_venv.sh; reused while its inputs are unchanged). On a CUDA machine:
+# VLLM_PACKAGE=vllm make test-vllm
+VLLM_VENV ?= .venv-vllm
+test-vllm:
+	bash scripts/vllm_venv.sh $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/with_vllm
 
 # ---- the main job on the embedded default (tiny model, synthetic colour task)
 # the demo's model has 8 attention heads: with 4 (the tiny default) and batch 8, SFT stalled on a

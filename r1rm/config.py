@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from r1rm.core.algorithms import ALGORITHMS
+from r1rm.data.files import write_text_atomic
 from r1rm.errors import ConfigError, InputFileError
 
 
@@ -727,9 +728,7 @@ def save_config(cfg: Config, out_dir: str | os.PathLike | None = None) -> Path:
     out = Path(out_dir or cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "config.yaml"
-    tmp = out / f".config.yaml.tmp.{os.getpid()}"
-    tmp.write_text(config_to_yaml(cfg), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, config_to_yaml(cfg))
     return path
 
 

@@ -8,6 +8,7 @@ import math
 import os
 from pathlib import Path
 
+from r1rm.data.files import write_text_atomic
 from r1rm.errors import MissingDependencyError
 
 METRICS = "metrics.jsonl"
@@ -25,9 +26,7 @@ def truncate_after(path: Path, step: int) -> None:
             break  # a line cut by a kill: it and anything after it go
         if row.get("step", 0) <= step:
             keep.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(x + "\n" for x in keep))
 
 
 class MetricsLog:
