@@ -102,6 +102,9 @@ bench: install
 	# TRL is a benchmark-only dependency (its GRPOTrainer is the baseline of bench/rl_vs_trl.py)
 	$(PY) -c "import trl" 2>/dev/null || $(PY) -m pip install -q "trl>=1.0"
 	$(PY) bench/rl_vs_trl.py
+	# vLLM against hf (eval, RL rollouts) in vLLM's own environment (scripts/vllm_venv.sh, as make test-vllm)
+	bash scripts/vllm_venv.sh $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python bench/vllm_vs_hf.py
 
 # GPU checks and benchmarks: bf16 SFT / RL steps of a ~0.39B random Qwen2.5-VL-shaped model, eval
 # throughput, SFT MFU -> out/gpu_check/results.json, results.md (needs a CUDA GPU; see the script's docstring)

@@ -152,6 +152,10 @@ class EngineConfig(Section):
     requests_per_minute: float | None = Field(
         None, gt=0, description="openai: most requests started per minute (retries included); None = no limit."
     )
+    video_as: Literal["video", "frames"] = Field(
+        "video", description="openai: a video goes as one video_url part of its frames (vLLM serve), or as one "
+        "image_url part per frame (endpoints without video input, e.g. OpenAI's: the model then sees images)."
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel degree.")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM share of GPU memory.")
 
@@ -294,10 +298,20 @@ class RLConfig(OptimConfig):
         "no net push toward one position (2*n samples per item)."
     )
     rollout_engine: Literal["hf", "vllm"] = Field(
-        "hf", description="Rollouts: hf generate on the training model, or colocated vLLM with weights pushed each step."
+        "hf", description="Rollouts: hf generate on the training model, or vLLM colocated in every training process "
+        "(tensor parallel 1), each sampling its share of the prompts, with the weights pushed after every update."
     )
-    logprob_check_tol: float = Field(
-        0.05, gt=0, description="vLLM: largest mean |logp gap| between trainer and engine after a weight push."
+    logprob_check_tol: float | None = Field(
+        None, gt=0, description="vLLM: the largest per-token |logp gap| between trainer and engine on the weight-sync "
+        "probe after a push (the run stops past it); None = by dtype: 1e-3 float32 (measured 4.8e-7 on CPU), 0.5 "
+        "bfloat16 / float16 (not measured: set it from the weight_sync_gap metric of your first steps)."
+    )
+    vllm_sleep_level: int = Field(
+        1, ge=0, le=1, description="vLLM rollouts: 1 = after each rollout the engine sleeps through the update (its "
+        "weights offloaded to CPU memory, its KV cache freed) and wakes for the weight push and the next rollout; 0 "
+        "keeps its memory all along. (vLLM's level 2, which drops the weights, is not offered: colocated trainers "
+        "report corrupted rollouts after it, vllm-project/vllm#29341.) vLLM's CPU build has no sleep mode: the "
+        "calls are no-ops there."
     )
     stress: StressConfig = Field(default_factory=StressConfig)
 

@@ -95,13 +95,15 @@ def run(cfg: Config) -> dict:
                                 reference=rc.kl_coef > 0)  # no reference model at β = 0
     pre_clip_ratio, adv_filter = resolved_algorithm_options(cfg)
     checker = make_consistency_engine(cfg) if rc.consistency.mode == "model" else None
-    sampler = _sampler(cfg, t)
+    sampler = _sampler(cfg, t, plan)
     if rc.keep_best and t.acc.is_main_process:
         recover_best(t.out)  # a swap a kill interrupted
     ckpt, state = training.resume(t, cfg)
     step, totals = state.get("step", 0), _Totals.of(state)
     resumed_at = step
     _start_stale_policy(t, sampler, ckpt, step=step, lag=rc.stress.rollout_lag)
+    # colocated vLLM: the trainer's weights (a resumed checkpoint's) into the engine before the first rollout
+    start_sync = {f"{k}_start": v for k, v in _push_weights(t, sampler).items()}
     log = training.open_log(t, cfg, step=step)
 
     with make_progress(enabled=cfg.runtime.progress and t.acc.is_main_process, unit="steps") as bar:
@@ -110,6 +112,7 @@ def run(cfg: Config) -> dict:
             mine = _prompts_of_step(cfg, t, plan, step)
             t_step = time.perf_counter()
             ro = _rollout(cfg, t, plan, sampler, mine, step=step, counters=totals.counters)  # 1.
+            _sleep_engine(sampler)  # colocated vLLM frees its memory for the update (rl.vllm_sleep_level)
             rw = _rewards(cfg, ro, checker, totals.consistency)  # 2.
             t_train = time.perf_counter()
             lp = _old_logprobs(cfg, t, plan, ro, sampler, step=step)  # 3.
@@ -117,20 +120,21 @@ def run(cfg: Config) -> dict:
                                               counters=totals.counters)  # 4.
             upd = _update(cfg, t, plan, ro, lp, adv, pre_clip_ratio=pre_clip_ratio, step=step,
                           counters=totals.counters)  # 5.
-            if sampler.vllm is not None:
-                _push_weights(cfg, t, sampler, ro)
+            sync = _push_weights(t, sampler)  # wakes colocated vLLM, pushes, checks
             now = time.perf_counter()
             step += 1
             _advance_stale_policy(t, sampler, lag=rc.stress.rollout_lag)
             times = {"rollout": ro.t_rollout, "reward": rw.t_reward, "train": now - t_train, "generate": ro.t_gen,
                      "step": now - t_step, "adv": t_adv}
-            metrics = _metrics(t, ro, rw, lp, dropped, upd, totals=totals, times=times)  # 6.
+            metrics = _metrics(t, ro, rw, lp, adv, dropped, upd, totals=totals, times=times)  # 6.
+            metrics.update({**start_sync, **sync})
+            start_sync = {}
             _eval_log_save(cfg, t, plan, sampler, metrics, totals, step=step, log=log)
             bar.update(task, advance=1, description=f"rl reward {metrics['reward']:.3f} acc {metrics['accuracy']:.2f}")
 
     done = training.finished_summary(t, ckpt, step=step, resumed_at=resumed_at)
     if done is not None:
-        training.close(t, log, checker, wait=False)
+        training.close(t, log, checker, sampler.vllm, wait=False)
         return done
     state_dict = training.final_state_dict(t, step=step, keep_last=rc.keep_last, state=totals.state(),
                                            extra=_lag_extra(sampler))
@@ -149,7 +153,7 @@ def run(cfg: Config) -> dict:
         if totals.best is not None:
             Console().print(f"best periodic eval: {totals.best['metric']} {totals.best['value']:.4f} at step "
                             f"{totals.best['step']} ([bold]{t.out / 'best'}[/])")
-    training.close(t, log, checker)
+    training.close(t, log, checker, sampler.vllm)
     return summary
 
 
@@ -187,6 +191,10 @@ def _plan(cfg: Config) -> Plan:
         raise ConfigError(f"rl.stress.rollout_lag={lag} keeps whole weight copies for the hf rollout engine; "
                           f"it does not run with DeepSpeed or rl.rollout_engine={rc.rollout_engine}",
                           fix="drop runtime.deepspeed and use rl.rollout_engine=hf, or set rl.stress.rollout_lag=0")
+    if rc.rollout_engine == "vllm" and cfg.engine.tensor_parallel_size != 1:
+        raise ConfigError(f"rl.rollout_engine=vllm runs one engine in every training process, tensor parallel 1; "
+                          f"engine.tensor_parallel_size={cfg.engine.tensor_parallel_size} is not supported there",
+                          fix="set engine.tensor_parallel_size=1 (docs/training.md, vLLM rollouts and placement)")
     if rc.rollout_batch_size % world:
         raise ConfigError(f"rl.rollout_batch_size={rc.rollout_batch_size} is not divisible by the {world} processes",
                           fix=f"use a multiple of {world}")
@@ -221,23 +229,50 @@ class Sampler:
     eos_id: int  # appended to a response that ended there
     vision_ids: frozenset  # vision placeholders: a response holding one is refused
     vllm: Any | None = None
+    probe: Any | None = None  # vllm: the weight-sync probe (r1rm.runtime.weight_sync.Probe)
+    tol: float = 0.0  # vllm: the probe's largest per-token log-prob gap allowed
+    sleep_level: int = 0  # vllm: rl.vllm_sleep_level
+    asleep: bool = False  # vllm: slept since the last rollout
     stale: Any | None = None
     history: list = field(default_factory=list)  # weights at the start of steps max(0, step−lag)..step
 
 
-def _sampler(cfg: Config, t: Training) -> Sampler:
+def _sampler(cfg: Config, t: Training, plan: Plan) -> Sampler:
+    """The rollout sampler; with rl.rollout_engine=vllm an engine in this process, on its device, in the
+    trainer's dtype and pixel budget (docs/training.md, "vLLM rollouts and placement")."""
     from r1rm.engines.hf import VISION_PLACEHOLDERS
 
     vocab = t.tok.get_vocab()
     eos_id = t.tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in vocab else t.tok.eos_token_id
     sampler = Sampler(eos_id=eos_id, vision_ids=frozenset(vocab[x] for x in VISION_PLACEHOLDERS if x in vocab))
     if cfg.rl.rollout_engine == "vllm":
+        from r1rm.engines import media_budget
         from r1rm.engines.vllm import VLLMEngine
+        from r1rm.runtime.weight_sync import default_tol
 
-        sampler.vllm = VLLMEngine(cfg.model.path, tensor_parallel_size=cfg.engine.tensor_parallel_size,
-                                  gpu_memory_utilization=cfg.engine.gpu_memory_utilization, seed=cfg.seed,
-                                  enable_sleep_mode=True)
+        dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype  # the trainer's (start_training)
+        sampler.sleep_level = cfg.rl.vllm_sleep_level
+        sampler.vllm = VLLMEngine(cfg.model.path, gpu_memory_utilization=cfg.engine.gpu_memory_utilization,
+                                  dtype=dtype, seed=cfg.seed, enable_sleep_mode=sampler.sleep_level > 0,
+                                  media=media_budget(cfg), colocated=True)
+        sampler.probe = _probe(cfg, t, plan, eos_id=eos_id)
+        sampler.tol = cfg.rl.logprob_check_tol or default_tol(dtype)
     return sampler
+
+
+def _probe(cfg: Config, t: Training, plan: Plan, *, eos_id: int):
+    """The weight-sync probe: the first RL item's prompt as rollouts show it (its video parts left out:
+    the probe scores images and text), with a fixed response. The same on every process."""
+    from r1rm.data.chat import record_messages
+    from r1rm.engines import media_budget
+    from r1rm.runtime.weight_sync import make_probe
+
+    it = plan.items[0]
+    msgs = record_messages(it.rec, prompt=cfg.data.prompt, image_root=it.root,
+                           video_max_frames=cfg.model.video_max_frames, max_pixels=cfg.model.max_pixels)
+    msgs = [{**m, "content": [p for p in m["content"] if not (isinstance(p, dict) and p.get("type") == "video")]}
+            if isinstance(m.get("content"), list) else m for m in msgs]
+    return make_probe(t.processor, msgs, media=media_budget(cfg), eos_id=eos_id)
 
 
 @dataclass
@@ -645,13 +680,27 @@ def _micro_batch(cfg: Config, t: Training, plan: Plan, ro: Rollout, lp: LogProbs
     stats["entropy"] += float((ent.detach() * mask).sum() / mask.sum().clamp(min=1))
 
 
-def _push_weights(cfg: Config, t: Training, sampler: Sampler, ro: Rollout) -> None:
-    """Colocated vLLM: the updated weights into the engine, checked on two of the step's prompts."""
+def _sleep_engine(sampler: Sampler) -> None:
+    """Colocated vLLM sleeps through the update (rl.vllm_sleep_level; `_push_weights` wakes it)."""
+    if sampler.vllm is not None and sampler.sleep_level:
+        sampler.vllm.sleep(level=sampler.sleep_level)
+        sampler.asleep = True
+
+
+def _push_weights(t: Training, sampler: Sampler) -> dict:
+    """Colocated vLLM: wake the engine, load the trainer's weights into it (every process into its own,
+    ZeRO-3 gathering a module at a time), then check it on the probe — StaleWeightsError on every
+    process when the largest per-token gap on any is past the tolerance. The step's metrics ({} for hf)."""
+    if sampler.vllm is None:
+        return {}
     from r1rm.runtime.weight_sync import push_and_check
 
-    ok_idx = [k for k, flag in enumerate(ro.keep) if flag][:2]
-    push_and_check(sampler.vllm, t.acc, t.model, [ro.requests[j] for j in range(len(ok_idx))],
-                   [ro.prompts[k] for k in ok_idx], pad_id=t.tok.pad_token_id, tol=cfg.rl.logprob_check_tol)
+    if sampler.asleep:
+        sampler.vllm.wake_up()
+        sampler.asleep = False
+    r = push_and_check(sampler.vllm, t.acc, t.model, sampler.probe, pad_id=t.tok.pad_token_id, tol=sampler.tol,
+                       reduce_max=lambda gap: _reduce_max(t.acc, gap))
+    return {"weight_sync_gap": r["gap"], "time_weight_sync_s": r["seconds"]}
 
 
 # ================================================================ 6. metrics, eval, checkpoints
@@ -670,7 +719,7 @@ def _reduce_max(acc, value: float) -> float:
     return float(acc.reduce(torch.tensor(value, device=acc.device), reduction="max"))
 
 
-def _metrics(t: Training, ro: Rollout, rw: Rewards, lp: LogProbs, dropped, upd: dict, *, totals: _Totals,
+def _metrics(t: Training, ro: Rollout, rw: Rewards, lp: LogProbs, adv, dropped, upd: dict, *, totals: _Totals,
              times: dict) -> dict:
     """The step's metrics: sums over every process's samples, tokens and micro batches, divided."""
     from r1rm.core.parsing import extract_answer
@@ -680,6 +729,7 @@ def _metrics(t: Training, ro: Rollout, rw: Rewards, lp: LogProbs, dropped, upd: 
     local = {"reward": sum(rw.total), "format": sum(rw.fmt), "result": sum(rw.result),
              "consistency": sum(rw.consistency), "type": sum(rw.type), "samples": max(sum(ro.valid), 1.0),
              "parsed": float(parsed), "tokens": float(lp.mask.sum()), "dropped": float(dropped.sum()),
+             "adv_abs": float((adv.abs() * lp.mask).sum()),
              "kl": float(lp.kl.sum()) if lp.kl is not None else 0.0, "clip_frac": upd["clip_frac"],
              "approx_kl": upd["approx_kl"], "entropy": upd["entropy"], "micro": float(max(upd["micro"], 1)),
              "loss": upd["loss"], "label1": float(sum(v for v, lab in zip(ro.valid, ro.labels, strict=True) if lab == 1)),
@@ -692,6 +742,7 @@ def _metrics(t: Training, ro: Rollout, rw: Rewards, lp: LogProbs, dropped, upd: 
         "reward_consistency": g["consistency"] / nv, "reward_type": g["type"] / nv, "accuracy": g["result"] / nv,
         "parse_fail_rate": 1.0 - g["parsed"] / nv, "response_length": g["tokens"] / nv,
         "rollout_samples": int(g["samples"]), "label1_share": g["label1"] / nv, "adv_filtered": g["dropped"] / nt,
+        "adv_abs_mean": g["adv_abs"] / nt,  # the advantages' fingerprint: mean |Â| over valid tokens
         "kl_ref": g["kl"] / nt if lp.kl is not None else None,
         "clip_frac": g["clip_frac"] / nm, "approx_kl": g["approx_kl"] / nm, "entropy": g["entropy"] / nm,
         "loss": g["loss"] / acc.num_processes,

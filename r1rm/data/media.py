@@ -1,16 +1,36 @@
 """Images and video frames on disk: resolving a record's media paths under its image root (by
 default the data file's folder), checking files and frames folders, recognising image bytes,
-sampling frames, and fitting the visuals of chat messages to a pixel budget."""
+sampling frames, and fitting the visuals of chat messages to a pixel budget.
+
+`prepare_visuals` is the one preprocessing every engine (hf, vllm, openai) applies to a request
+before its processor or its wire format, so one benchmark item is one prompt whatever the engine:
+
+- every image is decoded once (`open_rgb`: EXIF orientation applied, then RGB, as transformers'
+  `load_image` does) and resized to the run's budget with the Qwen2-VL / 2.5-VL processor's own
+  rule and operation (`smart_resize` to multiples of 28 within [min_pixels, max_pixels], then
+  torchvision's antialiased bicubic resize of the uint8 image, as the processor's torchvision
+  backend does). A processor bounded by the same pixels then leaves the image as it is
+  (`smart_resize` returns its size; the same-size resize is the identity), so the hf engine sees
+  the pixels it saw before and vLLM / an endpoint receive exactly those pixels;
+- a video (a list of frames or a folder of them) is sampled to `video_max_frames` frames once
+  (`sample_frames`) and each frame is fitted like an image: every engine gets the same frames,
+  as one video (VIDEO_FPS frames per second, the rate transformers assumes for a list of frames);
+- a part carrying its own "max_pixels" share (`record_messages` splits a sample's budget over
+  several visuals) is first fitted to that share, exactly as `fit_visuals` (the trainer's path)
+  does, then to the budget.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from r1rm.data.files import RowError, atomic_path
+from r1rm.errors import InputFileError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 # magic bytes -> (file suffix, MIME type) of the image formats recognised in raw bytes
@@ -155,15 +175,74 @@ def resize_image(src: Path, dest: Path, size: tuple[int, int]) -> None:
         out.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
 
 
-def _fit_one(image, budget: int):
-    """A PIL image no larger than `budget` pixels (Qwen rule: sides multiples of 28, aspect kept)."""
-    from PIL import Image
+# The frame rate of a video given as a list of frames, for every engine: transformers assumes 24 when a
+# video comes without metadata (VideoMetadata.sampled_fps), and Qwen2.5-VL's temporal positions depend
+# on it (second_per_grid_ts = temporal_patch_size / fps), so vLLM is told the same rate.
+VIDEO_FPS = 24.0
+PATCH_FACTOR = 28  # Qwen2-VL / 2.5-VL: patch 14 x spatial merge 2
 
-    img = image if isinstance(image, Image.Image) else Image.open(image)
-    img = img.convert("RGB")
+
+@dataclass(frozen=True)
+class MediaBudget:
+    """What a run allows per visual: pixel bounds of an image or video frame (model.min_pixels,
+    model.max_pixels; None = no bound of r1rm's own) and frames per video (model.video_max_frames)."""
+
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    video_max_frames: int | None = None
+
+
+def open_rgb(image: Any):
+    """A PIL RGB image from a path or PIL image: EXIF orientation applied, then converted to RGB (what
+    transformers' `load_image` does with a path); InputFileError for a missing or unreadable file."""
+    from PIL import Image, ImageOps
+
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    path = Path(image)
+    if not path.is_file():
+        raise InputFileError(f"media file not found: '{path}'", fix="check the image/video paths of the request")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im).convert("RGB")
+    except Exception as e:  # PIL raises many types for broken files
+        raise InputFileError(f"cannot decode image '{path}' ({type(e).__name__}: {e})",
+                             fix="check the file, or drop it with `r1rm check-data`") from None
+
+
+def resize_like_processor(img, height: int, width: int):
+    """`img` (PIL RGB) resized to (height, width) with the operation of the Qwen-VL processor's
+    torchvision backend: antialiased bicubic on the uint8 image; the same image when the size is equal."""
+    if (img.height, img.width) == (height, width):
+        return img
+    import torchvision.transforms.v2.functional as tvF
+    from torchvision.transforms import InterpolationMode
+
+    t = tvF.pil_to_tensor(img)
+    out = tvF.resize(t, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return tvF.to_pil_image(out)
+
+
+def fit_image(image: Any, *, min_pixels: int | None, max_pixels: int | None):
+    """`image` decoded (`open_rgb`) and resized as the processor would with these bounds (None: no bound)."""
+    img = open_rgb(image)
+    if min_pixels is None and max_pixels is None:
+        return img
+    try:
+        h, w = smart_resize(img.height, img.width, factor=PATCH_FACTOR, min_pixels=min_pixels or 1,
+                            max_pixels=max_pixels or 10**12)
+    except RowError as e:
+        raise InputFileError(f"image {img.width}x{img.height}: {e}", fix="crop or drop the image") from None
+    return resize_like_processor(img, h, w)
+
+
+def _fit_one(image, budget: int):
+    """A PIL image no larger than `budget` pixels (Qwen rule: sides multiples of 28, aspect kept); never enlarged."""
+    img = open_rgb(image)
     h, w = smart_resize(img.height, img.width, min_pixels=min(56 * 56, budget), max_pixels=budget)
     if (h, w) != (img.height, img.width) and h * w < img.height * img.width:
-        img = img.resize((w, h), Image.Resampling.BICUBIC)
+        img = resize_like_processor(img, h, w)
     return img
 
 
@@ -198,3 +277,52 @@ def _fit_part(p: Any) -> Any:
     elif p["type"] == "video" and isinstance(p["video"], list | tuple):
         q["video"] = [_fit_one(f, budget) for f in p["video"]]
     return q
+
+
+def video_frame_list(video: Any) -> list:
+    """The frames of a video part: its list of frames, or the image files of a frames folder in natural
+    order; InputFileError for anything else (a video file: extract its frames into a folder)."""
+    if isinstance(video, list | tuple):
+        return list(video)
+    folder = Path(video)
+    if folder.is_dir():
+        frames = list_frames(folder)
+        if frames:
+            return frames
+    raise InputFileError(
+        f"video '{video}' is not a list of frames or a folder of frame images",
+        fix="extract the video's frames into a folder (engines take frames, not video files)",
+    )
+
+
+def _is_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://", "data:"))
+
+
+def prepare_visuals(messages: list[dict], budget: MediaBudget) -> list[dict]:
+    """The one preprocessing of every engine (module docstring): new messages whose image parts hold
+    {"type": "image", "image": PIL RGB image} and whose video parts hold {"type": "video", "video":
+    [PIL RGB frames]}, sampled and fitted to `budget`. URLs (http, data) pass through untouched; the
+    input messages are not modified."""
+
+    def fit(value: Any, share: int | None):
+        if share is not None:
+            value = _fit_one(value, share)
+        return fit_image(value, min_pixels=budget.min_pixels, max_pixels=budget.max_pixels)
+
+    def part_fn(p: Any) -> Any:
+        if not isinstance(p, dict):
+            return p
+        kind = p.get("type")
+        share = int(p["max_pixels"]) if "max_pixels" in p else None
+        if kind == "video" or (kind is None and "video" in p):
+            frames = video_frame_list(p["video"])
+            if budget.video_max_frames is not None:
+                frames = sample_frames(frames, budget.video_max_frames)
+            return {"type": "video", "video": [fit(f, share) for f in frames]}
+        if kind in ("image", None) and any(k in p for k in ("image", "path")):
+            value = p["image"] if "image" in p else p["path"]
+            return p if _is_url(value) else {"type": "image", "image": fit(value, share)}
+        return p
+
+    return map_parts(messages, part_fn)

@@ -4,6 +4,10 @@
 missing optional dependency is an error with an install hint, never a silent fallback.
 Each engine module is imported inside its branch, so importing r1rm.engines costs nothing
 and `vllm` / `openai` are imported only when asked for.
+
+Every engine gets the run's MediaBudget (`media_budget(cfg)`: model.min_pixels, max_pixels,
+video_max_frames) and passes each request through the one preprocessing
+(r1rm.data.media.prepare_visuals), so one benchmark item is one prompt whatever the engine.
 """
 
 from __future__ import annotations
@@ -17,7 +21,15 @@ from r1rm.errors import ConfigError
 if TYPE_CHECKING:
     from r1rm.config import Config
 
-__all__ = ["Engine", "Request", "Sample", "SamplingParams", "make_engine", "sampling_from_config"]
+__all__ = ["Engine", "Request", "Sample", "SamplingParams", "make_engine", "media_budget", "sampling_from_config"]
+
+
+def media_budget(cfg: Config):
+    """The run's MediaBudget: every engine fits images and video frames to it (r1rm.data.media)."""
+    from r1rm.data.media import MediaBudget
+
+    m = cfg.model
+    return MediaBudget(min_pixels=m.min_pixels, max_pixels=m.max_pixels, video_max_frames=m.video_max_frames)
 
 
 def sampling_from_config(cfg: Config) -> SamplingParams:
@@ -49,7 +61,8 @@ def make_engine(cfg: Config, *, model=None, processor=None) -> Engine:
                 device=resolve_device(cfg.runtime.device),
                 attn_implementation=cfg.model.attn_implementation,
             )
-        return HFEngine(model, processor, batch_size=e.batch_size, share_prefill=e.share_prefill)
+        return HFEngine(model, processor, batch_size=e.batch_size, share_prefill=e.share_prefill,
+                        media=media_budget(cfg))
     if e.kind == "openai":
         if not e.base_url:
             raise ConfigError(
@@ -72,6 +85,8 @@ def make_engine(cfg: Config, *, model=None, processor=None) -> Engine:
             timeout_s=e.timeout_s,
             max_retries=e.max_retries,
             requests_per_minute=e.requests_per_minute,
+            media=media_budget(cfg),
+            video_as=e.video_as,
         )
     if e.kind == "vllm":
         from r1rm.engines.vllm import VLLMEngine
@@ -82,5 +97,6 @@ def make_engine(cfg: Config, *, model=None, processor=None) -> Engine:
             gpu_memory_utilization=e.gpu_memory_utilization,
             dtype=cfg.model.dtype,
             seed=cfg.seed,
+            media=media_budget(cfg),
         )
     raise ConfigError(f"unknown engine.kind '{e.kind}'", fix="use one of: hf, vllm, openai")

@@ -1,7 +1,9 @@
 """The generation protocol every engine implements (hf, vllm, openai).
 
 A request is a list of chat messages (the format `processor.apply_chat_template` takes,
-images as file paths or PIL images). An engine returns, per request, `n` samples, each
+images as file paths or PIL images). Engines built by `make_engine` pass every request through
+one preprocessing first (r1rm.data.media.prepare_visuals with the run's MediaBudget), so an item
+is the same prompt on every engine. An engine returns, per request, `n` samples, each
 with its text, its token ids (where the engine knows them) and, where it can, the
 probability of each answer choice: softmax over the tokens "1" / "2" at the position
 right after `<answer>`; with `SamplingParams.logprobs` also the mean log-probability of
@@ -48,6 +50,11 @@ class Sample:
     # mean over the sample's tokens of log p(token) from the raw logits (before temperature);
     # set when SamplingParams.logprobs asked for it and the engine can give it
     mean_logprob: float | None = None
+    # log p of each of `token_ids` (raw logits), when SamplingParams.logprobs asked and the engine gives them
+    token_logprobs: list[float] | None = None
+    # the prompt's token ids as the engine encoded them (images expanded), where the engine knows them
+    # (hf, vllm; the samples of one request share one list)
+    prompt_token_ids: list[int] | None = None
 
 
 @dataclass

@@ -42,7 +42,13 @@ Token log-probabilities (`SamplingParams.logprobs`, for CMKD's most-confident ch
 next step, gathers the log-prob of the token chosen at the previous step (the last
 column of `input_ids`); the last step is gathered after `generate` returns. So memory is
 one (rows, V) tensor plus (rows, T) floats, never all steps' logits. `Sample.mean_logprob`
-is the mean over the sample's `token_ids` (EOS and padding excluded; None when empty).
+is the mean over the sample's `token_ids` (EOS and padding excluded; None when empty) and
+`Sample.token_logprobs` the per-token values. `Sample.prompt_token_ids` is the prompt as the
+processor encoded it (left padding removed).
+
+Media: an engine from `make_engine` holds the run's MediaBudget and passes every request through
+r1rm.data.media.prepare_visuals (the one preprocessing of every engine) before the processor,
+which then has nothing left to resize (it is bounded by the same pixels, `load_processor`).
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from PIL import Image
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from r1rm.core.choice import CHOICES, choice_probs_at_answer
-from r1rm.data.media import fit_visuals, map_parts
+from r1rm.data.media import MediaBudget, fit_visuals, map_parts, prepare_visuals
 from r1rm.engines.base import ProgressFn, Request, Sample, SamplingParams
 from r1rm.errors import InputFileError
 from r1rm.models.prefill import cache_kwarg, prefill_repeated
@@ -171,14 +177,17 @@ def _frame(value: object) -> object:
     return value
 
 
-def _prepare_messages(messages: list[dict]) -> list[dict]:
+def _prepare_messages(messages: list[dict], media: MediaBudget | None = None) -> list[dict]:
     """Copy of the messages with media paths checked and as str (transformers rejects pathlib.Path).
 
-    Video frames given as paths are opened as PIL images: transformers 5.23's
-    `make_batched_videos` takes each frame path for a whole video when the first chat of
-    a batch has no video (video_utils.py, the nested frame-path shortcut reads videos[0][0]).
+    With `media` (engines from make_engine): the one preprocessing of every engine first
+    (r1rm.data.media.prepare_visuals), so images and frames reach the processor as PIL images
+    already at the run's budget. Video frames given as paths are opened as PIL images:
+    transformers 5.23's `make_batched_videos` takes each frame path for a whole video when the
+    first chat of a batch has no video (video_utils.py, the nested frame-path shortcut reads videos[0][0]).
     """
-    return map_parts(fit_visuals(messages), _prepare_part)
+    fitted = prepare_visuals(messages, media) if media is not None else fit_visuals(messages)
+    return map_parts(fitted, _prepare_part)
 
 
 def _prepare_part(part: dict) -> dict:
@@ -221,7 +230,7 @@ class HFEngine:
     """Batched generation with a transformers model + processor (see the module docstring)."""
 
     def __init__(self, model, processor, *, batch_size: int = 16, device: str | torch.device | None = None,
-                 share_prefill: bool = True):
+                 share_prefill: bool = True, media: MediaBudget | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model if device is None else model.to(device)
@@ -233,6 +242,8 @@ class HFEngine:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = batch_size
         self.share_prefill = share_prefill
+        # the run's budget for images and video frames (None: the processor's own, shares only)
+        self.media = media
         self.device = next(model.parameters()).device
         self.choice_ids = _single_token_ids(self.tokenizer, CHOICES)
         eos = getattr(model.generation_config, "eos_token_id", None)
@@ -291,7 +302,7 @@ class HFEngine:
     @torch.inference_mode()
     def _generate_batch(self, batch: list[Request], params: SamplingParams) -> list[list[Sample]]:
         inputs = self.processor.apply_chat_template(
-            [_prepare_messages(r.messages) for r in batch],
+            [_prepare_messages(r.messages, self.media) for r in batch],
             add_generation_prompt=True,
             tokenize=True,
             return_dict=True,
@@ -327,6 +338,11 @@ class HFEngine:
         per_request = [rows[i * n_return : (i + 1) * n_return] for i in range(len(batch))]
         if n_return < params.n:
             per_request = [[copy.deepcopy(s[0]) for _ in range(params.n)] for s in per_request]
+        ids, mask = inputs["input_ids"].cpu(), inputs["attention_mask"].cpu().bool()
+        for i, samples in enumerate(per_request):
+            prompt = ids[i][mask[i]].tolist()  # left padding removed
+            for s in samples:
+                s.prompt_token_ids = prompt
         return per_request
 
     def _prefill_once(self, inputs: dict, n: int) -> dict:
@@ -349,9 +365,11 @@ class HFEngine:
         if choice_logits is not None:
             candidates = [t for t, tok in enumerate(ids) if tok in self.choice_ids]
             probs = choice_probs_at_answer(_Pieces(self.tokenizer, ids), choice_logits, candidates=candidates)
-        mean_lp = float(logprobs[: len(ids)].mean()) if logprobs is not None and ids else None
+        token_lps = logprobs[: len(ids)].tolist() if logprobs is not None else None
+        mean_lp = sum(token_lps) / len(token_lps) if token_lps else None
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return Sample(text=text, token_ids=ids, choice_probs=probs, finished=finished, mean_logprob=mean_lp)
+        return Sample(text=text, token_ids=ids, choice_probs=probs, finished=finished, mean_logprob=mean_lp,
+                      token_logprobs=token_lps)
 
     def close(self) -> None:
         """Drop the engine's references to the model (the caller may still hold it)."""

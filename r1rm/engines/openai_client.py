@@ -2,11 +2,21 @@
 
 The only r1rm module that imports `openai` (lazily, in `OpenAIEngine.__init__`).
 
-- Messages are translated by `to_openai_messages` (pure): image parts (a path or a PIL
-  image) become `image_url` parts holding a base64 data URL (PNG, JPEG, GIF and WEBP
-  files are sent as they are, with their own MIME type; PIL images and other formats are
-  encoded as PNG); a video (a list of frame images, or a folder of them) becomes one
-  `image_url` part per frame; text stays text.
+- Messages are translated by `to_openai_messages` (pure) after the one preprocessing every
+  engine applies (r1rm.data.media.prepare_visuals with the run's MediaBudget: images decoded
+  and fitted to model.min_pixels / max_pixels as the Qwen-VL processor would, videos sampled
+  to model.video_max_frames frames, each fitted the same way). Each image becomes an
+  `image_url` part holding a PNG data URL of exactly those pixels (lossless: the server's
+  processor then has nothing left to resize when it is bounded by the same pixels). A video
+  becomes ONE `video_url` part (`video_as="video"`, the default): vLLM's server reads a frame
+  sequence from `data:video/jpeg;base64,<frame>,<frame>,...` (vllm/multimodal/media/video.py);
+  r1rm puts PNG frames there, which vLLM decodes with PIL by their bytes, so they arrive
+  lossless, and asks in the body (`media_io_kwargs`) for every frame sent (`num_frames: -1`;
+  vLLM's default keeps the first 32) at VIDEO_FPS, the rate the hf engine's processor assumes,
+  so the temporal positions agree. `video_as="frames"` sends one `image_url` part per frame
+  instead, for endpoints that take no video (OpenAI's own): the model then sees N images, not
+  a video — another prompt than the hf and vllm engines give. http(s) and data URLs pass
+  through untouched; text stays text.
 - Requests run `concurrency` at a time (a thread pool), each with its own timeout.
   The client is built with `max_retries=0` and r1rm retries itself, so every retry is
   counted: on connection errors, timeouts, HTTP 408/429 and 5xx, up to `max_retries`
@@ -25,8 +35,10 @@ The only r1rm module that imports `openai` (lazily, in `OpenAIEngine.__init__`).
   `choice_probs` comes from the top logprobs at the token after `<answer>`
   (r1rm.core.choice), when the endpoint returns them.
 - With `SamplingParams.logprobs` the request asks for `logprobs=True` and
-  `Sample.mean_logprob` is the mean of the returned per-token logprobs (None when the
-  endpoint returns none; vLLM returns raw logprobs, before temperature).
+  `Sample.mean_logprob` is the mean of the returned per-token logprobs and
+  `Sample.token_logprobs` the list (None when the endpoint returns none; vLLM returns raw
+  logprobs, before temperature). An endpoint gives no token ids: `token_ids` and
+  `prompt_token_ids` stay empty / None.
 - `requests_per_minute` spaces request starts (retries included) at least 60/rpm seconds
   apart across all threads (`RateLimiter`), for endpoints with a rate limit.
 """
@@ -44,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from r1rm.core.choice import choice_probs_from_logprobs, find_answer_position
-from r1rm.data.media import IMAGE_SUFFIXES, sniff_image
+from r1rm.data.media import VIDEO_FPS, MediaBudget, prepare_visuals, sniff_image, video_frame_list
 from r1rm.engines.base import ProgressFn, Request, Sample, SamplingParams
 from r1rm.errors import InputFileError, MissingDependencyError
 
@@ -54,10 +66,14 @@ _ENDPOINT_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
 
 # ---------------------------------------------------------------- message translation (pure)
-def _png_data_url(img) -> str:
+def _png_bytes(img) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def _png_data_url(img) -> str:
+    return "data:image/png;base64," + base64.b64encode(_png_bytes(img)).decode("ascii")
 
 
 def image_data_url(image: Any) -> str:
@@ -80,49 +96,71 @@ def image_data_url(image: Any) -> str:
         return _png_data_url(img.convert("RGB"))
 
 
+def video_data_url(frames: Sequence[Any]) -> str:
+    """One data URL holding a video's frames the way vLLM reads a frame sequence
+    ("data:video/jpeg;base64," + the frames' base64 joined by commas), each frame as PNG
+    (lossless; vLLM decodes each frame with PIL, which goes by the bytes, not the MIME type)."""
+    from PIL import Image
+
+    parts = []
+    for f in frames:
+        if isinstance(f, Image.Image):
+            parts.append(base64.b64encode(_png_bytes(f)).decode("ascii"))
+        else:
+            parts.append(image_data_url(f).split(",", 1)[1])
+    return "data:video/jpeg;base64," + ",".join(parts)
+
+
+# media_io_kwargs a vLLM server (and LLM) needs for the frames of video_data_url: every frame sent, at VIDEO_FPS
+VIDEO_IO_KWARGS = {"video": {"num_frames": -1, "fps": VIDEO_FPS}}
+
+
 def video_frames(video: Any) -> list:
-    """The frames of a video part: a list of images, or the image files of a folder (sorted by name)."""
-    if isinstance(video, (list, tuple)):
-        return list(video)
-    folder = Path(video)
-    if folder.is_dir():
-        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    raise InputFileError(
-        f"video '{video}' is not a list of frames or a folder of frame images",
-        fix="extract the video's frames into a folder (endpoints take images, not video files)",
-    )
+    """The frames of a video part: a list of images, or the image files of a folder (natural order)."""
+    return video_frame_list(video)
 
 
 def _image_part(image: Any) -> dict:
     return {"type": "image_url", "image_url": {"url": image_data_url(image)}}
 
 
-def to_openai_content(part: dict) -> list[dict]:
-    """One r1rm content part → the OpenAI chat parts it stands for (a video gives one per frame)."""
+def to_openai_content(part: dict, *, video_as: str = "video") -> list[dict]:
+    """One r1rm content part → the OpenAI chat parts it stands for (a video: one `video_url` part,
+    or with video_as="frames" one `image_url` part per frame)."""
     kind = part.get("type")
-    if kind == "image_url" or "image_url" in part:
+    if kind in ("image_url", "video_url") or "image_url" in part or "video_url" in part:
         return [part]
     if kind == "text" or ("text" in part and kind is None):
         return [{"type": "text", "text": part["text"]}]
     if kind == "video" or "video" in part:
-        return [_image_part(f) for f in video_frames(part["video"])]
+        frames = video_frames(part["video"])
+        if video_as == "frames":
+            return [_image_part(f) for f in frames]
+        return [{"type": "video_url", "video_url": {"url": video_data_url(frames)}}]
     if kind == "image" or "image" in part or "path" in part or "url" in part:
         value = next(part[k] for k in ("image", "path", "url") if k in part)
         return [_image_part(value)]
     raise ValueError(f"unsupported message part {sorted(part)} (type {kind!r})")
 
 
-def to_openai_messages(messages: list[dict]) -> list[dict]:
-    """Chat messages in r1rm's format (processor style) → OpenAI chat messages."""
-    from r1rm.data.media import fit_visuals
-
+def to_openai_messages(messages: list[dict], media: MediaBudget | None = None, *, video_as: str = "video") -> list[dict]:
+    """Chat messages in r1rm's format (processor style) → OpenAI chat messages, after the one
+    preprocessing of every engine (`prepare_visuals`; `media` None: images decoded, no budget)."""
+    if video_as not in ("video", "frames"):
+        raise ValueError(f"video_as must be 'video' or 'frames', got {video_as!r}")
     out = []
-    for msg in fit_visuals(messages):
+    for msg in prepare_visuals(messages, media or MediaBudget()):
         content = msg.get("content")
         if isinstance(content, list):
-            content = [p for part in content for p in to_openai_content(part)]
+            content = [p for part in content for p in to_openai_content(part, video_as=video_as)]
         out.append({**msg, "content": content})
     return out
+
+
+def has_video(messages: list[dict]) -> bool:
+    """Whether translated messages hold a `video_url` part."""
+    return any(isinstance(p, dict) and p.get("type") == "video_url"
+               for m in messages if isinstance(m.get("content"), list) for p in m["content"])
 
 
 # ---------------------------------------------------------------- response translation (pure)
@@ -138,6 +176,12 @@ def choice_probs_from_openai_logprobs(content: Sequence[Any] | None) -> dict[int
     top = {_get(t, "token"): _get(t, "logprob") for t in (_get(entry, "top_logprobs") or [])}
     top.setdefault(_get(entry, "token"), _get(entry, "logprob"))
     return choice_probs_from_logprobs({k: v for k, v in top.items() if k is not None and v is not None})
+
+
+def token_logprobs_from_openai_logprobs(content: Sequence[Any] | None) -> list[float] | None:
+    """The per-token `logprob` of a choice's `logprobs.content`, or None when any is missing."""
+    values = [_get(t, "logprob") for t in content or ()]
+    return [float(v) for v in values] if values and all(isinstance(v, int | float) for v in values) else None
 
 
 def mean_logprob_from_openai_logprobs(content: Sequence[Any] | None) -> float | None:
@@ -173,6 +217,7 @@ def samples_from_completion(completion: Any, n: int) -> tuple[list[Sample], bool
                 choice_probs=choice_probs_from_openai_logprobs(content),
                 finished=_get(choice, "finish_reason") == "stop",
                 mean_logprob=mean_logprob_from_openai_logprobs(content),
+                token_logprobs=token_logprobs_from_openai_logprobs(content),
             )
         )
     if len(samples) < n:
@@ -231,7 +276,11 @@ class OpenAIEngine:
         backoff_s: float = 0.5,
         request_logprobs: bool = False,
         requests_per_minute: float | None = None,
+        media: MediaBudget | None = None,
+        video_as: str = "video",
     ):
+        if video_as not in ("video", "frames"):
+            raise ValueError(f"video_as must be 'video' or 'frames', got {video_as!r}")
         openai = _import_openai()
         self._openai = openai
         self.base_url = base_url
@@ -242,6 +291,9 @@ class OpenAIEngine:
         self.backoff_s = backoff_s
         self.request_logprobs = request_logprobs
         self.limiter = RateLimiter(requests_per_minute) if requests_per_minute else None
+        # the run's budget for images and video frames (the one preprocessing of every engine)
+        self.media = media
+        self.video_as = video_as
         # retries are r1rm's (counted), not the client's
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=0, timeout=timeout_s)
         self._lock = threading.Lock()
@@ -264,9 +316,10 @@ class OpenAIEngine:
 
     def _body(self, messages: list[dict], params: SamplingParams) -> dict:
         n_api = 1 if params.greedy else params.n
+        translated = to_openai_messages(messages, self.media, video_as=self.video_as)
         body: dict[str, Any] = dict(
             model=self.model_name,
-            messages=to_openai_messages(messages),
+            messages=translated,
             n=n_api,
             temperature=params.temperature,
             top_p=params.top_p,
@@ -274,8 +327,14 @@ class OpenAIEngine:
         )
         if params.seed is not None:
             body["seed"] = params.seed
+        extra: dict[str, Any] = {}
         if params.top_k > 0:
-            body["extra_body"] = {"top_k": params.top_k}
+            extra["top_k"] = params.top_k
+        if has_video(translated):
+            # vLLM: every frame of the video_url sequence, at the rate the hf engine assumes
+            extra["media_io_kwargs"] = copy.deepcopy(VIDEO_IO_KWARGS)
+        if extra:
+            body["extra_body"] = extra
         if self.request_logprobs:
             body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         elif params.logprobs:

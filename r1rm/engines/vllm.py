@@ -6,10 +6,14 @@ vLLM is an optional extra (`pip install 'r1rm[vllm]'` on a CUDA machine). Withou
 The translation functions are pure and module-level so they are tested without vLLM:
 
 - `to_vllm_messages`: r1rm messages → the OpenAI-style messages `LLM.chat` takes
-  (vllm/entrypoints/chat_utils.py): every image (path or PIL) becomes an `image_url` part
-  with a base64 data URL — local `file://` URLs would need `allowed_local_media_path`;
-  a video (list of frames) becomes one image part per frame, so set
-  `limit_mm_per_prompt={"image": N}` high enough for those.
+  (vllm/renderers/chat_utils.py), after the one preprocessing every engine applies
+  (r1rm.data.media.prepare_visuals with the run's MediaBudget): each image, decoded and
+  fitted to the budget, becomes an `image_pil` part (no encoding round trip); a video, its
+  frames sampled and fitted, becomes ONE `video_url` part (vLLM's frame-sequence data URL,
+  PNG frames: r1rm.engines.openai_client.video_data_url), read with every frame at
+  VIDEO_FPS (`media_io_kwargs`, set by the engine), so Qwen2.5-VL's temporal positions
+  are the hf engine's. The engine gives vLLM's processor the same pixel bounds
+  (`mm_processor_kwargs` min_pixels / max_pixels), which then has nothing left to resize.
 - `to_vllm_sampling`: SamplingParams → the keyword arguments of `vllm.SamplingParams`
   (top_k 0 → -1, "all tokens"; logprobs=20, the top-20 per generated token, vLLM's
   default `max_logprobs`). With temperature 0 and n > 1, one sample is generated and
@@ -19,30 +23,61 @@ The translation functions are pure and module-level so they are tested without v
   vLLM V1 returns raw logprobs (before temperature / penalties; `logprobs_mode` default
   "raw_logprobs"), so these match the hf engine's raw-logit softmax. When only one of
   "1"/"2" is among the top 20, the other counts as 0. `mean_logprob` is the mean of the
-  sampled tokens' logprobs (always present: vLLM includes the sampled token).
+  sampled tokens' logprobs (always present: vLLM includes the sampled token), `token_logprobs`
+  each of them, `prompt_token_ids` the prompt as vLLM encoded it (`RequestOutput.prompt_token_ids`,
+  images expanded: tests/with_vllm/test_vllm_eval.py compares it with the hf engine's).
 
-`load_weights`, `sleep` and `wake_up` are passthroughs for RL weight sync, documented
-from vLLM's source but untested here (no vLLM, no GPU in r1rm's test suite).
+RL rollouts (`colocated=True`, r1rm.commands.rl): `load_weights` pushes the trainer's weights in
+place, `prompt_logprobs` scores the weight-sync probe, `sleep` / `wake_up` free the engine's memory
+during the update; tests/with_vllm/test_vllm_rl.py runs them against vLLM's CPU build.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from r1rm.core.choice import choice_probs_from_logprobs, find_answer_position
+from r1rm.data.media import MediaBudget, prepare_visuals
 from r1rm.engines.base import ProgressFn, Request, Sample, SamplingParams
-from r1rm.engines.openai_client import to_openai_messages
+from r1rm.engines.openai_client import VIDEO_IO_KWARGS, to_openai_content
 from r1rm.errors import ConfigError, MissingDependencyError
 
 N_LOGPROBS = 20
 
 
 # ---------------------------------------------------------------- translation (pure)
-def to_vllm_messages(messages: list[dict]) -> list[dict]:
-    """r1rm chat messages → `LLM.chat` messages (OpenAI format, images as data URLs)."""
-    return to_openai_messages(messages)
+def to_vllm_messages(messages: list[dict], media: MediaBudget | None = None) -> list[dict]:
+    """r1rm chat messages → `LLM.chat` messages: `prepare_visuals` (`media` None: images decoded, no
+    budget), then images as `image_pil` parts and each video as one `video_url` part of its frames."""
+    out = []
+    for msg in prepare_visuals(messages, media or MediaBudget()):
+        content = msg.get("content")
+        if isinstance(content, list):
+            content = [q for part in content for q in _vllm_content(part)]
+        out.append({**msg, "content": content})
+    return out
+
+
+def _vllm_content(part: Any) -> list[dict]:
+    from PIL import Image
+
+    if isinstance(part, dict) and part.get("type") == "image" and isinstance(part.get("image"), Image.Image):
+        return [{"type": "image_pil", "image_pil": part["image"]}]
+    return to_openai_content(part, video_as="video")
+
+
+def vllm_media_kwargs(media: MediaBudget | None) -> dict[str, Any]:
+    """`LLM` keyword arguments of the one preprocessing: the processor bounded by the run's pixels
+    (`mm_processor_kwargs`, images and video frames) and video_url frame sequences read whole at VIDEO_FPS."""
+    kwargs: dict[str, Any] = {"media_io_kwargs": copy.deepcopy(VIDEO_IO_KWARGS)}
+    bounds = {} if media is None else {"min_pixels": media.min_pixels, "max_pixels": media.max_pixels}
+    bounds = {k: v for k, v in bounds.items() if v is not None}
+    if bounds:
+        kwargs["mm_processor_kwargs"] = bounds
+    return kwargs
 
 
 def to_vllm_sampling(params: SamplingParams) -> dict[str, Any]:
@@ -56,6 +91,16 @@ def to_vllm_sampling(params: SamplingParams) -> dict[str, Any]:
         seed=params.seed,
         logprobs=N_LOGPROBS,
     )
+
+
+def per_request_sampling(params: SamplingParams, count: int) -> list[dict[str, Any]]:
+    """`to_vllm_sampling` for each of `count` requests. A seed is one per request: seed + i·n for request i
+    (vLLM seeds a request's j-th sample seed + j), so no two samples of a call share a random stream —
+    one seed for all would give every prompt of an RL rollout batch the same random numbers."""
+    kw = to_vllm_sampling(params)
+    if kw["seed"] is None:
+        return [kw] * count
+    return [{**kw, "seed": kw["seed"] + i * kw["n"]} for i in range(count)]
 
 
 def _choice_probs(token_ids: Sequence[int], logprobs: Sequence[Any] | None) -> dict[int, float] | None:
@@ -83,8 +128,8 @@ def _choice_probs(token_ids: Sequence[int], logprobs: Sequence[Any] | None) -> d
     return choice_probs_from_logprobs(top)
 
 
-def _mean_logprob(token_ids: Sequence[int], logprobs: Sequence[Any] | None) -> float | None:
-    """Mean log-prob of the sampled tokens, from each step's {token id: Logprob}; None if missing."""
+def _token_logprobs(token_ids: Sequence[int], logprobs: Sequence[Any] | None) -> list[float] | None:
+    """Log-prob of each sampled token, from each step's {token id: Logprob}; None if missing."""
     if not logprobs or not token_ids:
         return None
     values = []
@@ -93,25 +138,50 @@ def _mean_logprob(token_ids: Sequence[int], logprobs: Sequence[Any] | None) -> f
         if entry is None:
             return None
         values.append(entry.logprob)
-    return sum(values) / len(values)
+    return values
+
+
+def _mean_logprob(token_ids: Sequence[int], logprobs: Sequence[Any] | None) -> float | None:
+    """Mean log-prob of the sampled tokens, from each step's {token id: Logprob}; None if missing."""
+    values = _token_logprobs(token_ids, logprobs)
+    return sum(values) / len(values) if values else None
+
+
+def ended_on_stop_token(completion: Any) -> bool:
+    """vLLM stopped this completion on an EOS or stop token id, which its `token_ids` (and
+    `logprobs`) then end with: finish_reason "stop" with no stop string (stop_reason None for
+    EOS, the token id for `stop_token_ids` — generation_config's other EOS ids)."""
+    return completion.finish_reason == "stop" and not isinstance(getattr(completion, "stop_reason", None), str)
 
 
 def from_vllm_output(output: Any, n: int | None = None) -> list[Sample]:
-    """A vLLM `RequestOutput` → Samples; `n` > number of completions copies the first (greedy n > 1)."""
+    """A vLLM `RequestOutput` → Samples; `n` > number of completions copies the first (greedy n > 1).
+
+    Token ids exclude the end-of-sequence token, as the hf engine's do (vLLM's include it): a
+    caller that appends EOS to a finished sample (RL rollouts) then has it exactly once."""
     samples = []
     for c in output.outputs:
-        ids = list(c.token_ids)
+        ids, logprobs = list(c.token_ids), c.logprobs
+        if ended_on_stop_token(c) and ids:
+            ids = ids[:-1]
+            logprobs = logprobs[: len(ids)] if logprobs else logprobs
         samples.append(
             Sample(
                 text=c.text,
                 token_ids=ids,
-                choice_probs=_choice_probs(ids, c.logprobs),
+                choice_probs=_choice_probs(ids, logprobs),
                 finished=c.finish_reason == "stop",
-                mean_logprob=_mean_logprob(ids, c.logprobs),
+                mean_logprob=_mean_logprob(ids, logprobs),
+                token_logprobs=_token_logprobs(ids, logprobs),
             )
         )
     if n is not None and samples and len(samples) < n:
         samples = [copy.deepcopy(samples[0]) for _ in range(n)]
+    prompt = getattr(output, "prompt_token_ids", None)
+    if prompt is not None:
+        prompt = list(prompt)
+        for s in samples:
+            s.prompt_token_ids = prompt
     return samples
 
 
@@ -122,6 +192,20 @@ def _import_vllm():
     except ImportError:
         raise MissingDependencyError("vLLM is not installed", fix="pip install 'r1rm[vllm]' on a CUDA machine") from None
     return vllm
+
+
+def placement_kwargs(world_size: int) -> dict[str, Any]:
+    """`LLM` keyword arguments of a colocated rollout engine, one per training process, tensor parallel 1
+    (docs/training.md, "vLLM rollouts and placement"): under several processes vLLM's external launcher,
+    so that each engine joins the process group torchrun / accelerate started and sits on the device
+    its LOCAL_RANK names (the default executor would put every process's engine on the first device)."""
+    return {"distributed_executor_backend": "external_launcher"} if world_size > 1 else {}
+
+
+def _sleep_mode_available() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_sleep_mode_available())
 
 
 class VLLMEngine:
@@ -138,7 +222,15 @@ class VLLMEngine:
         seed: int = 0,
         limit_mm_per_prompt: dict[str, int] | None = None,
         enable_sleep_mode: bool = False,
+        media: MediaBudget | None = None,
+        colocated: bool = False,
     ):
+        """`colocated`: an RL rollout engine, one in each training process (`placement_kwargs`), kept in
+        this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so that `load_weights` reaches its model.
+        `enable_sleep_mode` where the platform has it (not vLLM's CPU build: there `sleep` and
+        `wake_up` stay accepted no-ops)."""
+        if colocated:  # before vLLM reads its environment
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         vllm = _import_vllm()
         if not model_path:
             raise ConfigError("the vllm engine needs a checkpoint: model.path is empty", fix="set model.path")
@@ -149,50 +241,101 @@ class VLLMEngine:
             gpu_memory_utilization=gpu_memory_utilization,
             dtype=dtype,
             seed=seed,
-            enable_sleep_mode=enable_sleep_mode,
+            enable_sleep_mode=enable_sleep_mode and _sleep_mode_available(),
         )
+        self.colocated = colocated
+        if colocated:
+            kwargs.update(placement_kwargs(int(os.environ.get("WORLD_SIZE", "1"))))
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
         if limit_mm_per_prompt is not None:
             kwargs["limit_mm_per_prompt"] = limit_mm_per_prompt
+        # the run's budget for images and video frames (the one preprocessing of every engine)
+        self.media = media
+        kwargs.update(vllm_media_kwargs(media))
         self.llm = vllm.LLM(**kwargs)
 
     def generate(
         self, requests: Sequence[Request], params: SamplingParams, progress: ProgressFn | None = None
     ) -> list[list[Sample]]:
         """`params.n` samples per request, in request order (vLLM schedules the whole list at once)."""
-        sampling = self._vllm.SamplingParams(**to_vllm_sampling(params))
-        outputs = self.llm.chat([to_vllm_messages(r.messages) for r in requests], sampling, use_tqdm=False)
+        sampling = [self._vllm.SamplingParams(**kw) for kw in per_request_sampling(params, len(requests))]
+        outputs = self.llm.chat([to_vllm_messages(r.messages, self.media) for r in requests], sampling, use_tqdm=False)
         if progress is not None:
             progress(len(requests))
         return [from_vllm_output(o, params.n) for o in outputs]
 
-    def load_weights(self, state_dict_items: Iterable[tuple[str, Any]]) -> None:
-        """Push trainer weights (name, tensor) into the engine's model, then drop the prefix cache.
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> int:
+        """Load (name, tensor) pairs — the trainer's Hugging Face parameter names, any subset, in any
+        order — into the engine's model in place; returns how many were given. Then drops every cache
+        computed with the old weights (prefix KV blocks, vision-encoder outputs).
 
-        Untested here. In-process engines (vLLM V0, or V1 with VLLM_ENABLE_V1_MULTIPROCESSING=0,
-        as TRL's colocate mode runs it) expose the model at
-        `llm.llm_engine.model_executor.driver_worker[.worker].model_runner.model`; otherwise
-        `LLM.apply_model` ships the call (and the tensors) to each worker.
-        """
-        weights = list(state_dict_items)
-        worker = getattr(getattr(self.llm.llm_engine, "model_executor", None), "driver_worker", None)
-        worker = getattr(worker, "worker", worker)
-        runner = getattr(worker, "model_runner", None)
-        if runner is not None:
-            runner.model.load_weights(weights)
-        else:
-            self.llm.apply_model(lambda model: model.load_weights(weights))
-        if hasattr(self.llm, "reset_prefix_cache"):
-            self.llm.reset_prefix_cache()
+        Needs the engine in this process (colocated=True). vLLM's layerwise reload
+        (`Worker.reload_weights(weights_iterator=...)`) maps the names (vLLM's own hf_to_vllm_mapper,
+        stacked q/k/v and gate/up) and re-runs each layer's post-load processing: calling
+        `model.load_weights` directly, as TRL and OpenRLHF do on GPUs, fails on vLLM's CPU build,
+        whose linear layers keep their weights repacked (`AssertionError: Attempted to load weight
+        (torch.Size([128, 256])) into parameter (torch.Size([0]))`). Older vLLM without the
+        layerwise reload takes that direct path."""
+        count = 0
+
+        def counted():
+            nonlocal count
+            for name, tensor in weights:
+                count += 1
+                yield name, tensor
+
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted(), "is_checkpoint_format": True})
+        except TypeError:  # reload_weights() without weights_iterator (vLLM before the layerwise reload)
+            self.llm.apply_model(lambda model: model.load_weights(counted()))
+        self.llm.reset_prefix_cache()
+        # the scheduler's and the worker's caches of vision-encoder outputs and processed media must be
+        # dropped together (a reload clears the worker's only: "Encoder cache miss" on the next image)
+        reset_encoder = getattr(self.llm.llm_engine, "reset_encoder_cache", None)
+        if reset_encoder is not None:
+            reset_encoder()
+        if hasattr(self.llm, "reset_mm_cache"):
+            self.llm.reset_mm_cache()
+        return count
+
+    def prompt_logprobs(self, token_ids: Sequence[int], *, images: Sequence[Any] = (), start: int) -> list[float]:
+        """log p(token i | tokens before it) for every i >= `start` of a prompt given as token ids with its
+        vision placeholders expanded (a processor's encoding; `images` its images in order, PIL) — the
+        engine's side of the weight-sync probe (r1rm.runtime.weight_sync).
+
+        vLLM expands the placeholders itself, so each run of one is collapsed to a single token first;
+        the ids vLLM then scores must equal `token_ids`, else ValueError (the engine encodes the images
+        differently: another pixel budget)."""
+        tok = self.llm.get_tokenizer()
+        pads = {tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>") if t in tok.get_vocab()}
+        ids = list(token_ids)
+        short = [x for i, x in enumerate(ids) if not (x in pads and i > 0 and ids[i - 1] == x)]
+        prompt: dict[str, Any] = {"prompt_token_ids": short}
+        if images:
+            prompt["multi_modal_data"] = {"image": list(images)}
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        (out,) = self.llm.generate([prompt], params, use_tqdm=False)
+        if list(out.prompt_token_ids) != ids:
+            raise ValueError(f"vLLM encoded the probe as {len(out.prompt_token_ids)} tokens, the trainer's processor "
+                             f"as {len(ids)}: the engine sees other image sizes (pixel budget) than the trainer")
+        return [out.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))]
 
     def sleep(self, level: int = 1) -> None:
-        """Free GPU memory between rollouts (`LLM.sleep`; needs enable_sleep_mode=True). Untested here."""
+        """Free the engine's device memory until `wake_up` (`LLM.sleep`): level 1 offloads the weights
+        to CPU memory and frees the KV cache (level 2 drops the weights; rollouts after it have come out
+        corrupted, vllm-project/vllm#29341). Without sleep mode (vLLM's CPU build has none) vLLM ignores the call."""
         self.llm.sleep(level=level)
 
     def wake_up(self, tags: list[str] | None = None) -> None:
-        """Reallocate after `sleep` (`LLM.wake_up`; tags in ("weights", "kv_cache")). Untested here."""
+        """Reallocate after `sleep` (`LLM.wake_up`; tags in ("weights", "kv_cache"), None: both)."""
         self.llm.wake_up(tags=tags)
 
     def close(self) -> None:
+        if self.llm is not None and self.colocated:
+            # vLLM's in-process teardown destroys torch.distributed's default process group — the trainer's,
+            # which accelerate has yet to end: the process's exit frees a colocated engine instead
+            finalizer = getattr(getattr(self.llm.llm_engine, "engine_core", None), "_finalizer", None)
+            if finalizer is not None:
+                finalizer.detach()
         self.llm = None

@@ -50,19 +50,21 @@ def _check_path(path: str) -> None:
 
 
 def load_processor(path: str, *, min_pixels: int | None = None, max_pixels: int | None = None):
-    """AutoProcessor with the recipe's pixel bounds applied to Qwen-style image processors."""
+    """AutoProcessor with the recipe's pixel bounds applied to Qwen-style image and video processors
+    (a video frame is bounded like an image: r1rm.data.media.prepare_visuals, every engine's preprocessing)."""
     from transformers import AutoProcessor
 
     _check_path(path)
     try:
         processor = AutoProcessor.from_pretrained(path)
-        image_processor = getattr(processor, "image_processor", None)
-        size = getattr(image_processor, "size", None)
-        if size is not None and hasattr(size, "longest_edge") and (min_pixels or max_pixels):
-            # Qwen-style processors bound the pixel area by size = {shortest_edge, longest_edge}
-            bounds = {**dict(size), "shortest_edge": min_pixels or size.shortest_edge,
-                      "longest_edge": max_pixels or size.longest_edge}
-            image_processor.size = type(size)(**bounds)
+        for name in ("image_processor", "video_processor"):
+            sub = getattr(processor, name, None)
+            size = getattr(sub, "size", None)
+            if size is not None and hasattr(size, "longest_edge") and (min_pixels or max_pixels):
+                # Qwen-style processors bound the pixel area by size = {shortest_edge, longest_edge}
+                bounds = {**dict(size), "shortest_edge": min_pixels or size.shortest_edge,
+                          "longest_edge": max_pixels or size.longest_edge}
+                sub.size = type(size)(**bounds)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load the processor from '{path}': {e}", fix="check model.path") from None
     tok = getattr(processor, "tokenizer", processor)
@@ -84,4 +86,15 @@ def load_model(path: str, *, dtype: str = "auto", device: str = "auto", attn_imp
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load a vision-language model from '{path}': {e}", fix="check model.path") from None
+    _keep_used_conversions(model)
     return model.to(dev).eval()
+
+
+def _keep_used_conversions(model) -> None:
+    """Keep only the key renamings that matched a checkpoint weight, as transformers' ordinary load
+    does. Its ZeRO-3 load keeps all of the architecture's, and save_pretrained reverses every one:
+    an unused legacy renaming then writes `model.model.*` keys — a checkpoint that no longer has
+    the layout it was loaded from (vLLM's loader and a DDP run's weights name them `model.*`)."""
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        model._weight_conversions = [c for c in conversions if not hasattr(c, "was_used") or c.was_used()]

@@ -22,24 +22,35 @@ import inspect
 import torch
 
 
+def transformers_model(model):
+    """The transformers model inside a DDP / DeepSpeed wrapper (`.module`) and a peft LoRA wrapper:
+    the one whose forward signature, position rule and rope deltas these functions read. (Read off
+    the peft wrapper, `.model` is the conditional-generation model, which holds no rope deltas: the
+    deltas went unrepeated, generate failed and the grouped forward took wrong positions.)"""
+    base = getattr(model, "module", model)
+    return base.get_base_model() if hasattr(base, "get_base_model") else base
+
+
 def cache_kwarg(model) -> str:
     """The keyword the model's forward takes a KV cache under (transformers 5.x renamed past_key_values)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    forward = transformers_model(model).forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def rope_deltas(model) -> torch.Tensor | None:
     """The (rows, 1) rope deltas Qwen-VL keeps for positions after a cached prefix, or None."""
-    return getattr(getattr(model, "model", None), "rope_deltas", None)
+    return getattr(getattr(transformers_model(model), "model", None), "rope_deltas", None)
 
 
 def prefill_repeated(model, inputs: dict, n: int, *, upto: int | None = None):
     """Forward `inputs` (B left-padded prompts, visual tensors included) with use_cache — only the
     first `upto` tokens when given — and copy the cache (and rope deltas) to n rows per prompt.
 
-    `model` may be a DDP wrapper: the forward goes through it (gradient hooks), positions and
-    rope deltas use the module inside. Returns (logits of the last forwarded position (B, 1, V),
-    the repeated cache, generate's positions for ALL of `inputs`' tokens ((B, L) or (4, B, L)))."""
-    base = getattr(model, "module", model)
+    `model` may be a DDP / DeepSpeed / LoRA wrapper: the forward goes through it (gradient hooks,
+    adapters), positions and rope deltas use the model inside (transformers_model). Returns (logits
+    of the last forwarded position (B, 1, V), the repeated cache, generate's positions for ALL of
+    `inputs`' tokens ((B, L) or (4, B, L)))."""
+    base = transformers_model(model)
     ids = inputs["input_ids"]
     positions = base._prepare_position_ids_for_generation(ids, dict(inputs))
     head, pos = inputs, positions

@@ -89,6 +89,42 @@ def gathered_for_generation(acc, model):
         yield
 
 
+def prepare_reference(acc, model):
+    """A frozen model (RL's reference) ready to forward on every process. Under ZeRO-3 the loader
+    built it partitioned (each process holds a shard of every weight), so it runs inside its own
+    DeepSpeed inference engine that gathers a module's weights for its forward, as the policy's
+    does — all processes forward it the same number of times; otherwise it is the plain model.
+    Call after `acc.prepare` (DeepSpeed's "auto" sizes are filled then)."""
+    ds = getattr(acc.state, "deepspeed_plugin", None)
+    if ds is None or ds.zero_stage != 3:
+        return model
+    import copy
+
+    import deepspeed
+
+    config = copy.deepcopy(ds.deepspeed_config)
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()  # DeepSpeedEngine.eval returns None, not the engine
+    return engine
+
+
+@contextlib.contextmanager
+def gathered_params(acc, params: list):
+    """These parameters whole on every process for the duration (ZeRO-3: gathered from every
+    process, which must all enter with the same list; otherwise nothing to do) — a weight push
+    gathers one module at a time this way, never the whole model."""
+    ds = getattr(acc.state, "deepspeed_plugin", None)
+    if ds is None or ds.zero_stage != 3:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        yield
+
+
 def make_optimizer(params, oc):
     """The optimizer an `OptimConfig` section names (sft and rl share it)."""
     import torch
@@ -102,13 +138,15 @@ def apply_update(acc, params, optimizer, scheduler, *, bad, max_grad_norm: float
                  counters: dict):
     """At the accumulation boundary: clip, and step the optimizer and scheduler — unless any
     process saw a non-finite loss or the gradient norm is not finite, in which case the update
-    is skipped and counted (`counters["skipped_updates"]`). Under DeepSpeed the engine steps
-    inside backward, so only the count of non-finite micro-batches applies. Returns the grad norm."""
+    is skipped and counted (`counters["skipped_updates"]`). Under DeepSpeed the engine clips and
+    steps inside backward, so only the count of non-finite micro-batches applies, and the norm is
+    the one the engine measured (before clipping, as here). Returns the grad norm."""
     import torch
 
     # no clipping (None) still measures the norm: an infinite bound leaves the gradients as they are
     bound = float("inf") if max_grad_norm is None else max_grad_norm
-    grad_norm = acc.clip_grad_norm_(params, bound) if not deepspeed else None
+    # under DeepSpeed accelerate only reads the engine's global norm of the step it just took
+    grad_norm = acc.clip_grad_norm_(params, bound)
     any_bad = float(acc.reduce(bad.clone(), reduction="sum")) > 0
     if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)):
         any_bad = True

@@ -66,19 +66,38 @@ def is_lora(model) -> bool:
 
 
 def save_hf(model, processor, out_dir: str | os.PathLike, *, state_dict: dict | None = None) -> Path:
-    """Write `model` (full weights, LoRA merged) and `processor` as a Hugging Face checkpoint."""
+    """Write `model` (full weights, LoRA merged) and `processor` as a Hugging Face checkpoint.
+    `state_dict`: the model's whole weights where the module holds shards of them (ZeRO-3:
+    accelerate's get_state_dict gathers them); a LoRA model is merged from it (merged_lora) and its
+    adapter saved from it, so the live model is never read or changed."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if is_lora(model):
-        model.merge_adapter()
-        try:
-            base = model.get_base_model()
-            sd = {k.replace(".base_layer", ""): v.detach().cpu() for k, v in base.state_dict().items() if "lora_" not in k}
-            base.save_pretrained(out, state_dict=sd, safe_serialization=True)
-            model.save_pretrained(out / "adapter")
-        finally:
-            model.unmerge_adapter()
+        sd = state_dict if state_dict is not None else model.state_dict()
+        model.get_base_model().save_pretrained(out, state_dict=merged_lora(model, sd), safe_serialization=True)
+        model.save_pretrained(out / "adapter", state_dict=sd)
     else:
         model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
     processor.save_pretrained(out)
     return out
+
+
+def merged_lora(model, state_dict: dict) -> dict:
+    """A peft LoRA model's weights `state_dict` (peft's names) as the base model's, each adapted
+    layer merged as peft merges it (W + scaling · B·A). Computed from `state_dict` alone: under
+    ZeRO-3 the live layers hold shards, and merging in place and back also moves W by rounding."""
+    adapter = model.active_adapter
+    merged = {}
+    for key, value in state_dict.items():
+        if "lora_" in key:
+            continue
+        w = value.detach()
+        if key.endswith(".base_layer.weight"):
+            stem = key.removesuffix(".base_layer.weight")
+            layer = model.get_submodule(stem)
+            delta = state_dict[f"{stem}.lora_B.{adapter}.weight"].float() @ state_dict[f"{stem}.lora_A.{adapter}.weight"].float()
+            if getattr(layer, "fan_in_fan_out", False):
+                delta = delta.T
+            w = (w.float() + layer.scaling[adapter] * delta).to(w.dtype)
+        merged[key.removeprefix("base_model.model.").replace(".base_layer", "")] = w.cpu()
+    return merged

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from r1rm.core.sft_loss import IGNORE, logits_window
-from r1rm.models.prefill import cache_kwarg, prefill_repeated, rope_deltas
+from r1rm.models.prefill import cache_kwarg, prefill_repeated, rope_deltas, transformers_model
 from r1rm.runtime.batches import Encoded, collate
 
 
@@ -111,7 +111,7 @@ def grouped_token_logprobs(model, groups: list[list[Encoded]], *, pad_id: int, d
         resp_mask[r, :e.n_target] = 1
     resp_ids, resp_mask = resp_ids.to(device), resp_mask.to(device)
 
-    base = getattr(model, "module", model)  # positions and rope deltas live on the unwrapped model
+    base = transformers_model(model)  # positions and rope deltas live on the unwrapped model
     last, cache, positions = prefill_repeated(model, prompt, n)
     first = last[:, -1:, :].repeat_interleave(n, dim=0)  # predicts each response's first token
     text = positions[0] if positions.dim() == 3 else positions  # (B, Lp) text positions

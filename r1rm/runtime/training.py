@@ -61,7 +61,7 @@ def start_training(cfg: Config, oc: OptimConfig, *, identity: dict, accum: int, 
 
     from r1rm.core.schedules import lr_multiplier
     from r1rm.models.loading import load_model, load_processor
-    from r1rm.runtime.accel import make_accelerator, make_optimizer
+    from r1rm.runtime.accel import make_accelerator, make_optimizer, prepare_reference
     from r1rm.runtime.modelprep import prepare_for_training
 
     acc = make_accelerator(deepspeed_config=cfg.runtime.deepspeed, grad_accum=accum, micro_batch=oc.micro_batch_size,
@@ -85,6 +85,8 @@ def start_training(cfg: Config, oc: OptimConfig, *, identity: dict, accum: int, 
     scheduler = LambdaLR(optimizer, lambda s: lr_multiplier(s, total_steps=total_steps, warmup_steps=warmup,
                                                             kind=oc.lr_schedule))
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    if ref is not None:
+        ref = prepare_reference(acc, ref)
     return Training(acc=acc, model=model, ref=ref, processor=processor, tok=getattr(processor, "tokenizer", processor),
                     params=params, optimizer=optimizer, scheduler=scheduler, out=Path(cfg.output_dir),
                     identity=identity, deepspeed=cfg.runtime.deepspeed is not None)

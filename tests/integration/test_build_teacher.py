@@ -55,12 +55,12 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         parts = body["messages"][-1]["content"]
         text = "".join(p["text"] for p in parts if p.get("type") == "text")
-        if "[Response 1]" not in text:  # a captioner request: a caption per image, empty for 57-px-wide ones
+        if "[Response 1]" not in text:  # a captioner request: a caption per image, empty for 84-px-wide ones
             urls = [p["image_url"]["url"] for p in parts if p.get("type") == "image_url"]
             with srv.lock:
                 srv.hits[("caption", len(srv.hits))] += 1
             img = Image.open(io.BytesIO(base64.b64decode(urls[0].partition(",")[2])))
-            caption = "" if img.width == 57 else "A picture " + hashlib.sha1("".join(urls).encode()).hexdigest()[:8] + "."
+            caption = "" if img.width == 84 else "A picture " + hashlib.sha1("".join(urls).encode()).hexdigest()[:8] + "."
             choice = {"index": 0, "message": {"role": "assistant", "content": caption or " "}, "finish_reason": "stop"}
             self._send(200, _completion([choice]))
             return
@@ -374,7 +374,8 @@ def test_caption_stage_with_field_captioner_and_replay(cli, scripted, tmp_path):
     d.mkdir()
     rows = []
     for i, c in enumerate(["red", "blue", "green", "yellow", "purple"]):
-        Image.new("RGB", (57 if c == "purple" else 56, 56), c).save(d / f"{c}.png")
+        # 84 x 56: a size the pixel budget keeps (sides multiples of 28), so the captioner still sees it
+        Image.new("RGB", (84 if c == "purple" else 56, 56), c).save(d / f"{c}.png")
         rows.append({"question": f"Which colour {i}?", "chosen": c, "rejected": "none", "image": f"{c}.png"})
     (d / "nocap.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "o"

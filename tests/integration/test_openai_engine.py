@@ -159,13 +159,16 @@ def test_ok_sends_image_as_png_data_url_and_text(server, tmp_path):
     assert png_part["type"] == "image_url" and png_part["image_url"]["url"].startswith("data:image/png;base64,")
     decoded = Image.open(io.BytesIO(base64.b64decode(png_part["image_url"]["url"].split(",", 1)[1])))
     assert decoded.size == (20, 12)
-    assert jpg_part["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    # every image is decoded once (the one preprocessing of every engine) and sent as lossless PNG of those pixels
+    assert jpg_part["image_url"]["url"].startswith("data:image/png;base64,")
+    sent = Image.open(io.BytesIO(base64.b64decode(jpg_part["image_url"]["url"].split(",", 1)[1])))
+    assert list(sent.convert("RGB").getdata()) == list(Image.open(jpg).convert("RGB").getdata())
     assert text_part == {"type": "text", "text": "what colour?"}
     assert body["max_tokens"] == 64 and body["temperature"] == 0.0 and body["n"] == 1
     eng.close()
 
 
-def test_pil_image_and_video_frames_become_image_parts(server, tmp_path):
+def test_pil_image_and_a_video_become_image_and_video_parts(server, tmp_path):
     frames = []
     for i in range(3):
         f = tmp_path / f"frame_{i}.png"
@@ -179,9 +182,18 @@ def test_pil_image_and_video_frames_become_image_parts(server, tmp_path):
     eng = engine(server, "ok")
     out = eng.generate([Request(messages)], SamplingParams())
     assert out[0][0].text == ANSWER
+    body = server.bodies[-1]
+    parts = body["messages"][0]["content"]
+    # one video_url part: vLLM's frame sequence, every frame read (num_frames -1)
+    assert [p["type"] for p in parts] == ["image_url", "video_url", "text"]
+    assert parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
+    url = parts[1]["video_url"]["url"]
+    assert url.startswith("data:video/jpeg;base64,") and len(url.split(",")) == 1 + 3
+    assert body["media_io_kwargs"]["video"]["num_frames"] == -1
+    # endpoints without video input: one image part per frame
+    engine(server, "ok", video_as="frames").generate([Request(messages)], SamplingParams())
     parts = server.bodies[-1]["messages"][0]["content"]
-    assert [p["type"] for p in parts] == ["image_url"] * 4 + ["text"]
-    assert all(p["image_url"]["url"].startswith("data:image/png;base64,") for p in parts[:4])
+    assert [p["type"] for p in parts] == ["image_url"] * 4 + ["text"] and "media_io_kwargs" not in server.bodies[-1]
 
 
 def test_n_samples_seed_and_logprob_choice_probs(server):

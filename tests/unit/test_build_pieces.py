@@ -233,11 +233,12 @@ def test_mean_logprob_from_openai_and_vllm():
     def lp(v):
         return SimpleNamespace(logprob=v, rank=1, decoded_token="t")
 
-    done = SimpleNamespace(text="ab", token_ids=[3, 4], finish_reason="stop",
-                           logprobs=[{3: lp(math.log(0.5)), 9: lp(-3.0)}, {4: lp(math.log(0.25))}])
+    # vLLM's token ids and logprobs end with the EOS that stopped them (5): the mean leaves it out, as hf's does
+    done = SimpleNamespace(text="ab", token_ids=[3, 4, 5], finish_reason="stop", stop_reason=None,
+                           logprobs=[{3: lp(math.log(0.5)), 9: lp(-3.0)}, {4: lp(math.log(0.25))}, {5: lp(-9.0)}])
     (s,) = from_vllm_output(SimpleNamespace(outputs=[done]))
     assert s.mean_logprob == pytest.approx((math.log(0.5) + math.log(0.25)) / 2)
-    bare = SimpleNamespace(text="a", token_ids=[1], finish_reason="stop", logprobs=None)
+    bare = SimpleNamespace(text="a", token_ids=[1, 5], finish_reason="stop", stop_reason=None, logprobs=None)
     assert from_vllm_output(SimpleNamespace(outputs=[bare]))[0].mean_logprob is None
 
 
