@@ -41,12 +41,13 @@ def fixed_answer_model(tiny: Path, dst: Path, text: str = "<think>x</think><answ
 class ScriptedEndpoint:
     """An OpenAI-compatible chat endpoint on 127.0.0.1 (a free port), serving in a daemon thread:
     the n-th request to arrive gets `replies[n]` as its message content (the last reply once the
-    script runs out). `prompts` records each request's text. A context manager: it stops on
+    script runs out). `prompts` records each request's text, `bodies` each request as sent. A context manager: it stops on
     exit, and by itself after `timeout_s` whatever happens."""
 
     def __init__(self, replies: list[str], *, timeout_s: float = 300.0):
         self.replies = list(replies)
         self.prompts: list[str] = []
+        self.bodies: list[dict] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -61,6 +62,7 @@ class ScriptedEndpoint:
         parts = body["messages"][-1]["content"]
         text = parts if isinstance(parts, str) else "".join(p.get("text", "") for p in parts)
         with self._lock:
+            self.bodies.append(body)
             self.prompts.append(text)
             return self.replies[min(len(self.prompts), len(self.replies)) - 1]
 

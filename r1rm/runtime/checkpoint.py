@@ -59,6 +59,13 @@ def _remove_dir(path: Path) -> None:
 EXTRA = "extra_state.pt"
 
 
+def remove_partial_checkpoints(out_dir: str | os.PathLike) -> None:
+    """Delete the `.tmp-step-*` / `.del-step-*` folders a killed run left (main process, no writer running)."""
+    root = Path(out_dir) / CHECKPOINTS
+    for stale in [*root.glob(".tmp-step-*"), *root.glob(".del-step-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def save_checkpoint(accelerator, model, processor, out_dir: str | os.PathLike, *, step: int, trainer_state: dict,
                     keep_last: int, extra: dict | None = None) -> Path:
     """Every process calls this (ZeRO gathers need them all); the main process writes and renames.
@@ -67,8 +74,7 @@ def save_checkpoint(accelerator, model, processor, out_dir: str | os.PathLike, *
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-step-{step:07d}"
     if accelerator.is_main_process:
-        for stale in [*root.glob(".tmp-step-*"), *root.glob(".del-step-*")]:  # left by a killed run
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_partial_checkpoints(out_dir)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)

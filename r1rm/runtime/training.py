@@ -18,6 +18,7 @@ from r1rm.runtime.checkpoint import (
     finished_before,
     latest_checkpoint,
     load_checkpoint,
+    remove_partial_checkpoints,
     run_identity,
     save_checkpoint,
 )
@@ -96,6 +97,9 @@ def resume(t: Training, cfg: Config) -> tuple[Path | None, dict]:
     """The last complete checkpoint (runtime.resume) with the model, optimizer, scheduler and RNG
     states restored, and its trainer state; (None, {}) for a fresh start."""
     ckpt = latest_checkpoint(t.out) if cfg.runtime.resume else None
+    if ckpt is not None and t.acc.is_main_process:
+        # a finished run's rerun saves nothing: what a kill left half-written goes now, not at the next save
+        remove_partial_checkpoints(t.out)
     return ckpt, (load_checkpoint(t.acc, ckpt) if ckpt is not None else {})
 
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scripted import ScriptedEndpoint
 
 from r1rm.config import load_config
 from r1rm.data.media import VIDEO_FPS, smart_resize
@@ -27,45 +25,11 @@ ANSWER = "<think>x</think><answer>1</answer>"
 BUDGET = ["model.min_pixels=784", "model.max_pixels=3136", "model.video_max_frames=4"]
 
 
-class StubServer:
-    """Answers every chat completion with ANSWER and keeps the request bodies."""
-
-    def __init__(self):
-        self.bodies: list[dict] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.bodies.append(body)
-                reply = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                                    "choices": [{"index": 0, "finish_reason": "stop",
-                                                 "message": {"role": "assistant", "content": ANSWER}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
 @pytest.fixture
 def server():
-    s = StubServer()
-    yield s
-    s.close()
+    """Answers every chat completion with ANSWER and keeps the request bodies."""
+    with ScriptedEndpoint([ANSWER]) as s:
+        yield s
 
 
 def _arrays(x) -> list[np.ndarray]:

@@ -160,6 +160,22 @@ def test_kill_and_resume_reproduces_the_loss_curve(cli, tiny, data, tmp_path):
         assert_same_weights(full / "checkpoints" / n, killed / "checkpoints" / n, why)
 
 
+def test_rerun_of_a_finished_run_removes_half_written_checkpoints(cli, tiny, data, tmp_path):
+    """A kill inside a checkpoint's write leaves `.tmp-step-*`; a rerun with nothing left to train
+    (it saves nothing) must still remove it, and keep the finished run's summary."""
+    out = tmp_path / "done"
+    common = ["sft.max_steps=2", "sft.save_every_steps=2", "sft.batch_size=4", "sft.micro_batch_size=2"]
+    assert cli(*args(tiny, data, out, *common)).returncode == 0
+    summary = (out / "summary.json").read_text()
+    junk = out / "checkpoints" / ".tmp-step-0000002"
+    junk.mkdir()
+    (junk / "model.safetensors").write_bytes(b"cut")
+    proc = cli(*args(tiny, data, out, *common))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002"]
+    assert (out / "summary.json").read_text() == summary
+
+
 def test_freeze_vision_and_lora(cli, tiny, data, tmp_path):
     from safetensors.torch import load_file
 
