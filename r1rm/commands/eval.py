@@ -81,27 +81,54 @@ def run(cfg: Config, *, from_generations: str | os.PathLike | None = None) -> di
     from r1rm.core.metrics import compute_metrics
 
     out = Path(cfg.output_dir)
-    if from_generations is None:  # generations already here must be this eval's (before anything is written)
-        from r1rm.data.training_sets import data_fingerprint
-        from r1rm.runtime.checkpoint import check_same_eval, identity_of, model_stamp
-
-        identity = {**identity_of(cfg.model_dump(mode="json"), "eval"), "model.stamp": model_stamp(cfg.model.path),
-                    "eval.data.sha256": data_fingerprint([eval_path(cfg)])}
-        check_same_eval(out, identity, [out / GENERATIONS, *out.glob(rank_file("*"))])
-    save_config(cfg)
     if from_generations is not None:
+        save_config(cfg)
         metrics = compute_metrics(read_generations(from_generations), benchmark=cfg.eval.benchmark)
         write_metrics(out, metrics)
         print_metrics(metrics)
         return metrics
 
-    from r1rm.data.benchmarks import read_benchmark
-    from r1rm.data.chat import oriented, record_messages
-    from r1rm.data.media import default_image_root
-    from r1rm.engines import make_engine
-    from r1rm.engines.base import Request, SamplingParams
     from r1rm.runtime.dist import process_state
-    from r1rm.runtime.progress import make_progress
+
+    identity = _checked_identity(cfg, out)  # generations already here must be this eval's (before any write)
+    save_config(cfg)
+    records, root, skipped = _read_items(cfg, out)
+    state = process_state(cfg.runtime.device)
+    rank, world = state.process_index, state.num_processes
+    gen_path = out / (GENERATIONS if world == 1 else rank_file(rank))
+    if state.is_main_process:
+        write_json_atomic(out / "run.json", identity)
+    params = _sampling(cfg)
+    writer = JsonlAppender(gen_path, key="key")
+    todo = _pending(cfg, records[rank::world], writer)
+    n_total = len(records[rank::world]) * len(cfg.eval.orders)
+    failures = _generate(cfg, todo, writer, params, root=root, n_total=n_total, rank=rank, world=world) if todo else []
+    writer.close()
+    if failures:
+        write_jsonl_atomic(out / (f"failures.rank{rank}.jsonl" if world > 1 else "failures.jsonl"), failures)
+    if world > 1:
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return {}
+        gen_path = merge_rank_files(out, world)
+    return _score(cfg, out, records, gen_path, skipped=skipped, n_failures=len(failures), params=params)
+
+
+def _checked_identity(cfg: Config, out: Path) -> dict:
+    """What the generations belong to (run.json); refuses an output_dir holding another eval's."""
+    from r1rm.data.training_sets import data_fingerprint
+    from r1rm.runtime.checkpoint import check_same_eval, identity_of, model_stamp
+
+    identity = {**identity_of(cfg.model_dump(mode="json"), "eval"), "model.stamp": model_stamp(cfg.model.path),
+                "eval.data.sha256": data_fingerprint([eval_path(cfg)])}
+    check_same_eval(out, identity, [out / GENERATIONS, *out.glob(rank_file("*"))])
+    return identity
+
+
+def _read_items(cfg: Config, out: Path) -> tuple[list, str | None, list]:
+    """The benchmark's records, the folder media resolve against, and the skipped items (written)."""
+    from r1rm.data.benchmarks import read_benchmark
+    from r1rm.data.media import default_image_root
 
     path = eval_path(cfg)
     root = default_image_root(path, cfg.eval.image_root or cfg.data.image_root)
@@ -112,60 +139,72 @@ def run(cfg: Config, *, from_generations: str | os.PathLike | None = None) -> di
     )
     if skipped:
         write_jsonl_atomic(out / "skipped.jsonl", skipped)
-    state = process_state(cfg.runtime.device)
-    rank, world = state.process_index, state.num_processes
-    gen_path = out / (GENERATIONS if world == 1 else rank_file(rank))
-    if state.is_main_process:
-        write_json_atomic(out / "run.json", identity)
-    writer = JsonlAppender(gen_path, key="key")
-    k = cfg.eval.k
-    todo = []
-    for rec in records[rank::world]:
-        for order in cfg.eval.orders:
-            missing = [s for s in range(k) if (rec.uid, order, s) not in writer.done]
-            if missing:
-                todo.append((rec, order, missing))
-    params = SamplingParams(
+    return records, root, skipped
+
+
+def _sampling(cfg: Config):
+    from r1rm.engines.base import SamplingParams
+
+    return SamplingParams(
         max_new_tokens=cfg.generation.max_new_tokens,
         temperature=eval_temperature(cfg),
         top_p=cfg.generation.top_p,
         top_k=cfg.generation.top_k,
-        n=k,
+        n=cfg.eval.k,
         seed=cfg.seed,
     )
-    n_total = len(records[rank::world]) * len(cfg.eval.orders)
+
+
+def _pending(cfg: Config, mine: list, writer: JsonlAppender) -> list[tuple]:
+    """(record, order, missing sample indices) for every (item, order) of this process not yet written."""
+    todo = []
+    for rec in mine:
+        for order in cfg.eval.orders:
+            missing = [s for s in range(cfg.eval.k) if (rec.uid, order, s) not in writer.done]
+            if missing:
+                todo.append((rec, order, missing))
+    return todo
+
+
+def _generate(cfg: Config, todo: list, writer: JsonlAppender, params, *, root, n_total: int, rank: int,
+              world: int) -> list[dict]:
+    """Generate what is missing, appending each sample as it comes; engine failures are returned, not written."""
+    from r1rm.data.chat import oriented, record_messages
+    from r1rm.engines import make_engine
+    from r1rm.engines.base import Request
+    from r1rm.runtime.progress import make_progress
+
     failures: list[dict] = []
-    if todo:
-        engine = make_engine(cfg)
-        chunk = max(1, cfg.engine.batch_size) * 4
-        with make_progress(enabled=cfg.runtime.progress, unit="items") as bar:
-            task = bar.add_task(f"eval {cfg.eval.benchmark}" + (f" [rank {rank}/{world}]" if world > 1 else ""),
-                                total=n_total, completed=n_total - len(todo))
-            for start in range(0, len(todo), chunk):
-                part = todo[start : start + chunk]
-                requests = [
-                    Request(record_messages(oriented(rec, order), prompt=cfg.data.prompt, image_root=root,
-                                            video_max_frames=cfg.model.video_max_frames, max_pixels=cfg.model.max_pixels), key=i)
-                    for i, (rec, order, _) in enumerate(part)
-                ]
-                results = engine.generate(requests, params)
-                for (rec, order, missing), samples in zip(part, results, strict=True):
-                    for s in missing:
-                        if samples[s].error is not None:
-                            # an engine failure is not an answer: leave the slot open for a rerun
-                            failures.append({"key": [rec.uid, order, s], "error": samples[s].error})
-                            continue
-                        writer.append(generation_row(rec, order, s, samples[s], allow_fallback=cfg.eval.answer_fallback))
-                bar.advance(task, len(part))
-        engine.close()
-    writer.close()
-    if failures:
-        write_jsonl_atomic(out / (f"failures.rank{rank}.jsonl" if world > 1 else "failures.jsonl"), failures)
-    if world > 1:
-        state.wait_for_everyone()
-        if not state.is_main_process:
-            return {}
-        gen_path = merge_rank_files(out, world)
+    engine = make_engine(cfg)
+    chunk = max(1, cfg.engine.batch_size) * 4
+    with make_progress(enabled=cfg.runtime.progress, unit="items") as bar:
+        task = bar.add_task(f"eval {cfg.eval.benchmark}" + (f" [rank {rank}/{world}]" if world > 1 else ""),
+                            total=n_total, completed=n_total - len(todo))
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            requests = [
+                Request(record_messages(oriented(rec, order), prompt=cfg.data.prompt, image_root=root,
+                                        video_max_frames=cfg.model.video_max_frames, max_pixels=cfg.model.max_pixels), key=i)
+                for i, (rec, order, _) in enumerate(part)
+            ]
+            results = engine.generate(requests, params)
+            for (rec, order, missing), samples in zip(part, results, strict=True):
+                for s in missing:
+                    if samples[s].error is not None:
+                        # an engine failure is not an answer: leave the slot open for a rerun
+                        failures.append({"key": [rec.uid, order, s], "error": samples[s].error})
+                        continue
+                    writer.append(generation_row(rec, order, s, samples[s], allow_fallback=cfg.eval.answer_fallback))
+            bar.advance(task, len(part))
+    engine.close()
+    return failures
+
+
+def _score(cfg: Config, out: Path, records: list, gen_path: Path, *, skipped: list, n_failures: int, params) -> dict:
+    """metrics.json / report.md from every generation of these records; an incomplete eval raises after writing."""
+    from r1rm.core.metrics import compute_metrics
+
+    k = cfg.eval.k
     rows = read_generations(gen_path, allow_empty=True)
     wanted = {rec.uid for rec in records}
     rows = [r for r in rows if r["uid"] in wanted and r["order"] in cfg.eval.orders and r["sample"] < k]
@@ -181,7 +220,7 @@ def run(cfg: Config, *, from_generations: str | os.PathLike | None = None) -> di
     if not metrics["complete"]:
         raise IncompleteRunError(
             f"eval incomplete: {metrics['n_missing_generations']} of {expected} generations are missing "
-            f"({len(failures)} engine failures listed in {out}/failures.jsonl); metrics.json says complete: false",
+            f"({n_failures} engine failures listed in {out}/failures.jsonl); metrics.json says complete: false",
             fix="rerun the same command: it generates only what is missing",
         )
     return metrics
