@@ -279,10 +279,12 @@ class JsonlAppender:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         truncate_partial_line(self.path)
         if key is not None and self.path.exists():
-            with open(self.path, encoding="utf-8") as f:
-                for text in f:
-                    if text.strip():
-                        self.done.add(_freeze(json.loads(text)[key]))
+            for i, _, value in json_lines(self.path):
+                if not isinstance(value, dict) or key not in value:
+                    problem = value.brief if isinstance(value, LineError) else f"the row has no '{key}'"
+                    raise DataError(f"cannot resume {self.path}: {problem}", where=where(self.path, i),
+                                    fix="delete that line (the run writes it again), or use a new output_dir")
+                self.done.add(_freeze(value[key]))
         self._f = open(self.path, "a", encoding="utf-8")
 
     def append(self, row: Any) -> None:

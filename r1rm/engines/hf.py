@@ -366,7 +366,8 @@ class HFEngine:
             candidates = [t for t, tok in enumerate(ids) if tok in self.choice_ids]
             probs = choice_probs_at_answer(_Pieces(self.tokenizer, ids), choice_logits, candidates=candidates)
         token_lps = logprobs[: len(ids)].tolist() if logprobs is not None else None
-        mean_lp = sum(token_lps) / len(token_lps) if token_lps else None
+        # the float32 mean, as before per-token log-probs were kept (cmkd ranks chains by it)
+        mean_lp = float(logprobs[: len(ids)].mean()) if logprobs is not None and ids else None
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return Sample(text=text, token_ids=ids, choice_probs=probs, finished=finished, mean_logprob=mean_lp,
                       token_logprobs=token_lps)

@@ -199,3 +199,18 @@ def test_label_noise_flips_a_stable_share_of_labelled_items():
     again, _ = with_label_noise(items[::-1], 0.2)
     assert {it.rec.uid for it in again if it.rec.label != items[int(it.rec.uid[1:])].rec.label} == {
         a.rec.uid for a, _ in changed}
+
+
+
+def test_resume_of_a_damaged_output_names_the_line(tmp_path):
+    p = tmp_path / "g.jsonl"
+    p.write_text('{"key": 1}\n{"key": 2, bad\n{"key": 3}\n')
+    with pytest.raises(DataError) as e:
+        JsonlAppender(p, key="key")
+    assert e.value.where == f"{p}:2" and "invalid JSON" in e.value.what
+    p.write_text('{"key": 1}\n{"other": 2}\n')
+    with pytest.raises(DataError, match="has no 'key'"):
+        JsonlAppender(p, key="key")
+    p.write_text('{"key": 1}\n{"key": [2, 3]}\n')
+    with JsonlAppender(p, key="key") as w:
+        assert w.done == {1, (2, 3)}
