@@ -142,7 +142,10 @@ def run(cfg: Config) -> dict:
                "grouped_forward": plan.grouped, "adv_filter": adv_filter,
                **({"label_noise_flipped": plan.label_noise_flipped} if rc.stress.label_noise else {}),
                **totals.counters, "consistency_calls": totals.consistency.calls,
-               "consistency_failures": totals.consistency.failures, **totals.last_eval,
+               "consistency_failures": totals.consistency.failures,
+               "consistency_engine_errors": totals.consistency.engine_errors,
+               **({"consistency_first_error": totals.consistency.first_error} if totals.consistency.first_error else {}),
+               **totals.last_eval,
                **({"best": totals.best} if rc.keep_best else {})}
     training.write_outputs(t, state_dict, summary)
     if t.acc.is_main_process:
@@ -250,14 +253,28 @@ def _sampler(cfg: Config, t: Training, plan: Plan) -> Sampler:
         from r1rm.engines.vllm import VLLMEngine
         from r1rm.runtime.weight_sync import default_tol
 
-        dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype  # the trainer's (start_training)
+        # the precision the trainer computes in: its float32 master weights run under bf16 / fp16 autocast
+        # on a GPU (a 7B engine in float32 would take twice the memory the recipes leave it)
+        amp = {"bf16": "bfloat16", "fp16": "float16"}.get(t.acc.mixed_precision, "float32")
+        dtype = amp if cfg.model.dtype == "auto" else cfg.model.dtype
         sampler.sleep_level = cfg.rl.vllm_sleep_level
         sampler.vllm = VLLMEngine(cfg.model.path, gpu_memory_utilization=cfg.engine.gpu_memory_utilization,
                                   dtype=dtype, seed=cfg.seed, enable_sleep_mode=sampler.sleep_level > 0,
+                                  max_model_len=_engine_context(cfg, t),
                                   media=media_budget(cfg), colocated=True)
         sampler.probe = _probe(cfg, t, plan, eos_id=eos_id)
-        sampler.tol = cfg.rl.logprob_check_tol or default_tol(dtype)
+        tol = cfg.rl.logprob_check_tol
+        sampler.tol = tol if tol is not None else default_tol(dtype)
     return sampler
+
+
+def _engine_context(cfg: Config, t: Training) -> int:
+    """The rollout engine's context: the longest prompt plus the response, within the model's own
+    (vLLM otherwise sizes its cache for the model's full context, 128k tokens for Qwen2.5-VL)."""
+    config = t.acc.unwrap_model(t.model).config
+    own = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+    want = cfg.rl.max_prompt_len + cfg.rl.max_new_tokens
+    return min(want, own) if own else want
 
 
 def _probe(cfg: Config, t: Training, plan: Plan, *, eos_id: int):

@@ -12,6 +12,7 @@ gives consistency 0 and is counted: never an exception, never a free reward.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from r1rm.core.prompts import user_message
@@ -25,6 +26,7 @@ class ConsistencyStats:
     calls: int = 0
     failures: int = 0  # undecided after every retry (endpoint errors or unreadable replies)
     engine_errors: int = 0
+    first_error: str = ""  # the first exception a local checker raised (reported in summary.json)
 
 
 def model_consistency(engine, texts: list[str], *, temperature: float, retries: int, stats: ConsistencyStats,
@@ -43,10 +45,14 @@ def model_consistency(engine, texts: list[str], *, temperature: float, retries: 
         stats.calls += len(pending)
         try:
             results = engine.generate([Request(user_message(p)) for _, p in pending], params)
-        except Exception:  # noqa: BLE001 - a local checker's failure is counted, never the end of the run
+        except Exception as e:  # noqa: BLE001 - a local checker's failure is counted, never the end of the run
             # a local (hf / vllm) checker raises where an endpoint returns per-sample errors: the whole
             # attempt failed for every pending text; the next attempt retries them
             stats.engine_errors += len(pending)
+            if not stats.first_error:
+                stats.first_error = f"{type(e).__name__}: {e}"[:500]
+                print(f"warning: the consistency checker raised ({stats.first_error}); its texts count as "
+                      "failures (consistency 0) and are retried", file=sys.stderr)
             continue
         still = []
         for (i, p), samples in zip(pending, results, strict=True):

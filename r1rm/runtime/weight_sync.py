@@ -135,8 +135,14 @@ def probe_gaps(engine, acc, model, probe: Probe, *, pad_id: int) -> torch.Tensor
     """|trainer − engine| log-prob of each response token of the probe (every process: a forward)."""
     from r1rm.runtime.rollout import token_logprobs
 
-    with torch.no_grad():
-        lp, mask, _ = token_logprobs(acc.unwrap_model(model), [probe.seq], pad_id=pad_id, device=acc.device)
+    m = acc.unwrap_model(model)
+    was_training = m.training
+    m.eval()  # called right after an update: dropout, if the model has any, is no weight gap
+    try:
+        with torch.no_grad():
+            lp, mask, _ = token_logprobs(m, [probe.seq], pad_id=pad_id, device=acc.device)
+    finally:
+        m.train(was_training)
     trainer = lp[0][mask[0].bool()].float().cpu()
     try:
         served = engine.prompt_logprobs(probe.ids, images=probe.images, start=probe.start)
@@ -149,7 +155,8 @@ def _within(gap: float, tol: float) -> float:
     if not gap <= tol:  # NaN fails too
         raise StaleWeightsError(
             f"rollout engine log-probs differ from the trainer's by up to {gap:.4g} on a token (tolerance {tol}) "
-            "after a weight push: the engine is generating with stale or mismatched weights"
+            "after a weight push: the engine is generating with stale or mismatched weights (if it is 16-bit "
+            "rounding instead, raise rl.logprob_check_tol; the weight_sync_gap metric shows the gaps)"
         )
     return gap
 

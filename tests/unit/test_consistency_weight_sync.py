@@ -69,6 +69,7 @@ def test_local_engine_exceptions_are_counted_failures_with_consistency_zero():
     assert consistency_scores("model", texts, engine=eng, retries=2, stats=stats) == [0, 0, 0]
     assert eng.generate_calls == 2  # every attempt was made
     assert stats.failures == 3 and stats.calls == 6 and stats.engine_errors == 6
+    assert stats.first_error == "RuntimeError: CUDA out of memory"  # kept for summary.json
     # the first attempt raises, the second answers every text
     eng = RaisingEngine(["1", "0", "1"], fails=1)
     stats = ConsistencyStats()

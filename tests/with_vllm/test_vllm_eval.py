@@ -145,16 +145,21 @@ def _generations(out: Path) -> dict:
     return {tuple(r["key"]): r for r in rows}
 
 
+def _on_both_engines(tmp_path: Path, *args: str) -> dict[str, Path]:
+    """Run `r1rm ARGS` with engine.kind=hf and =vllm into tmp_path/hf and tmp_path/vllm; each must exit 0."""
+    outs = {}
+    for kind in ("hf", "vllm"):
+        outs[kind] = tmp_path / kind
+        proc = _r1rm(*args, f"output_dir={outs[kind]}", f"engine.kind={kind}", "runtime.progress=false")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return outs
+
+
 def test_eval_cli_vllm_choices_agree_with_hf(wide, eval_set, tmp_path):
     """`r1rm eval engine.kind=vllm` and `engine.kind=hf`, the same job: >= 95 % of (item, order) choices agree."""
-    runs = {}
-    for kind in ("hf", "vllm"):
-        out = tmp_path / kind
-        proc = _r1rm("eval", "--recipe", "recipes/tiny/eval.yaml", f"model.path={wide}", f"data.eval=[{eval_set}]",
-                     f"output_dir={out}", f"engine.kind={kind}", "runtime.progress=false")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[kind] = _generations(out)
-    hf, vl = runs["hf"], runs["vllm"]
+    outs = _on_both_engines(tmp_path, "eval", "--recipe", "recipes/tiny/eval.yaml", f"model.path={wide}",
+                            f"data.eval=[{eval_set}]")
+    hf, vl = (_generations(outs[kind]) for kind in ("hf", "vllm"))
     assert sorted(hf) == sorted(vl) and len(hf) == 2 * N_EVAL
     agree = sum(hf[k]["choice"] == vl[k]["choice"] for k in hf)
     same_text = sum(hf[k]["text"] == vl[k]["text"] for k in hf)
@@ -181,14 +186,9 @@ def _judge_input(eval_set: Path) -> Path:
 
 def test_judge_cli_vllm_verdicts_match_hf(wide, eval_set, tmp_path):
     inp = _judge_input(eval_set)
-    runs = {}
-    for kind in ("hf", "vllm"):
-        out = tmp_path / kind
-        proc = _r1rm("judge", "--recipe", "recipes/tiny/judge.yaml", f"model.path={wide}", f"judge.input={inp}",
-                     f"output_dir={out}", f"engine.kind={kind}", "runtime.progress=false")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[kind] = [json.loads(x) for x in (out / "verdicts.jsonl").read_text().splitlines()]
-    hf, vl = runs["hf"], runs["vllm"]
+    outs = _on_both_engines(tmp_path, "judge", "--recipe", "recipes/tiny/judge.yaml", f"model.path={wide}",
+                            f"judge.input={inp}")
+    hf, vl = ([json.loads(x) for x in (outs[kind] / "verdicts.jsonl").read_text().splitlines()] for kind in ("hf", "vllm"))
     assert [r["id"] for r in hf] == [r["id"] for r in vl] and len(hf) == 12
     p_gap = 0.0
     for h, v in zip(hf, vl, strict=True):

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -85,7 +86,7 @@ def test_push_then_probe_matches_and_a_partial_push_is_caught(rig):
     r = push_and_check(rig.engine, rig.acc, rig.model, rig.probe, pad_id=pad, tol=TOL)
     assert r["gap"] <= TOL
     for skipped in ("language_model.layers.3.", "lm_head.", "visual."):
-        _move(rig.model, seed=hash(skipped) % 1000)
+        _move(rig.model, seed=zlib.crc32(skipped.encode()) % 1000)  # the same move every run
         part = [(n, w) for n, w in trainer_weights(rig.acc, rig.model) if skipped not in n]
         assert 0 < len(part) < r["tensors"]
         rig.engine.load_weights(part)
