@@ -238,6 +238,20 @@ def test_resume_after_sigkill_pushes_the_checkpoint_weights_first(tiny4, data, t
     assert resumed[-1]["weight_sync_gap_start"] <= TOL
 
 
+def test_resume_without_the_start_push_samples_from_stale_weights(tiny4, data, tmp_path, full_run):
+    """The control of the test above: the same kill and resume with the push before the first rollout
+    skipped (R1RM_SPY_SKIP_START_PUSH=1, the old code) samples from the engine's initial weights, so
+    the resumed rollouts are not the uninterrupted run's: the check above can fail."""
+    out = tmp_path / "out"
+    kill = _kill_after_first_checkpoint(tiny4, data, out)
+    assert kill.killed or kill.returncode == 0, f"{kill}\n{kill.stderr_tail}"
+    proc = run_spied(rl_args(tiny4, data, out), tmp_path / "events", env={"R1RM_SPY_SKIP_START_PUSH": "1"})
+    assert proc.returncode == 0, f"{kill}\n{proc.stderr[-4000:]}"
+    done = [e["tokens"] for e in full_run.events if e["event"] == "generate"]
+    again = [e["tokens"] for e in events_of(tmp_path / "events") if e["event"] == "generate"]
+    assert 0 < len(again) < len(done) and again != done[len(done) - len(again):], kill
+
+
 def test_two_processes_each_push_into_and_sample_from_their_own_engine(tiny4, data, tmp_path):
     """Two training processes, one colocated engine each (vLLM's CPU build holds both): each pushes
     the full weights into its engine and samples its half of every rollout batch. rl.vllm_sleep_level=0:
