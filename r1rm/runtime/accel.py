@@ -75,18 +75,10 @@ def split_batch(global_batch: int, micro_batch: int, world: int) -> int:
     return global_batch // per_step
 
 
-@contextlib.contextmanager
 def gathered_for_generation(acc, model):
-    """Full parameters in place for `generate`: under ZeRO-3 they are gathered from every
+    """Full parameters in place for `generate`: under ZeRO-3 the whole model is gathered from every
     process for the duration (all processes must enter); otherwise nothing to do."""
-    ds = getattr(acc.state, "deepspeed_plugin", None)
-    if ds is None or ds.zero_stage != 3:
-        yield
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-        yield
+    return gathered_params(acc, list(model.parameters()))
 
 
 def prepare_reference(acc, model):
