@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast test-vllm demo demo-model demo-data demo-eval-base demo-sft demo-rl demo-vote demo-report bench gpu-check ablation-stability transfer lint clean
+.PHONY: install wheel test test-fast test-vllm demo demo-model demo-data demo-eval-base demo-sft demo-rl demo-vote demo-report bench gpu-check ablation-stability transfer lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# the wheel (dist/r1rm-*.whl) with the built-in recipes inside (r1rm/_recipes, from recipes/)
+wheel: install
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
 
 test: install
 	$(PY) -m pytest -q

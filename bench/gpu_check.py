@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     res["data_s"] = time.perf_counter() - t0
 
     common = [f"model.path={model}", f"model.dtype={dtype}", "model.min_pixels=3136", "model.max_pixels=12544",
-              f"runtime.device={args.device}", "runtime.progress=false", "runtime.tensorboard=false",
+              f"runtime.device={args.device}", "runtime.progress=false", "runtime.report_to=none",
               "runtime.resume=false", "runtime.log_every_steps=1", "seed=0"]
     stages = {
         "sft": lambda d: run_sft(common, p=p, steps=sft_steps, train=train, run_dir=d, device=args.device),

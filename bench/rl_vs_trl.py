@@ -49,7 +49,7 @@ def run_r1rm(model: Path, data: Path, out: Path, a) -> dict:
         f"rl.micro_batch_size={a.micro}", f"rl.max_new_tokens={a.max_new_tokens}", "rl.temperature=1.0",
         "rl.kl_coef=0.0", "rl.ppo_epochs=1", "rl.both_orders=false", "rl.eval_every_steps=0", f"rl.save_every_steps={a.steps + 10}",
         "rl.lr=1e-5", f"engine.batch_size={a.prompts * a.group}", "runtime.progress=false",
-        "runtime.tensorboard=false", "runtime.log_every_steps=1"])
+        "runtime.report_to=none", "runtime.log_every_steps=1"])
     rl.run(cfg)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rows = rows[a.warmup:]

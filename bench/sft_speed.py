@@ -42,7 +42,7 @@ def main() -> None:
         f"model.path={model}", f"data.train=[{data}]", f"output_dir={tmp / 'run'}", f"sft.max_steps={args.steps}",
         f"sft.batch_size={args.batch_size}", f"sft.micro_batch_size={args.micro_batch_size}",
         f"sft.save_every_steps={args.steps + 1}", "runtime.progress=false", "runtime.log_every_steps=1",
-        "runtime.tensorboard=false"])
+        "runtime.report_to=none"])
     t0 = time.perf_counter()
     summary = sft.run(cfg)
     wall = time.perf_counter() - t0

@@ -70,7 +70,7 @@ def bench_rl(model: str, data: Path, tmp: Path, steps: int) -> dict:
         res["wall_s"][kind] = r1rm(
             "rl", "--recipe", "recipes/tiny/rl.yaml", f"model.path={model}", f"data.train=[{data / 'train.jsonl'}]",
             f"data.eval=[{data / 'eval.jsonl'}]", f"output_dir={out}", "runtime.progress=false",
-            "runtime.tensorboard=false", f"rl.max_steps={steps}", "rl.rollout_batch_size=8", "rl.train_batch_size=32",
+            "runtime.report_to=none", f"rl.max_steps={steps}", "rl.rollout_batch_size=8", "rl.train_batch_size=32",
             "rl.micro_batch_size=8", "rl.max_new_tokens=64", "rl.eval_every_steps=0", f"rl.save_every_steps={steps}",
             f"rl.rollout_engine={kind}")
         rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -3,6 +3,7 @@
 Start-up imports only typer and rich; each command imports what it needs when it runs,
 so `r1rm --help` stays fast (no torch). User mistakes (R1RMError) are printed without a
 traceback and exit with code 2; anything else is a bug and keeps its traceback.
+Help texts go through rich markup: a literal `[` is written `\\[` (r1rm.cli.EXAMPLES are escaped here).
 """
 
 from __future__ import annotations
@@ -21,19 +22,62 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
     rich_markup_mode="rich",
+    epilog="Example: r1rm recipes  (the built-in recipes), then r1rm eval --recipe r1reward/eval_vl_rewardbench "
+    "model.path=yifanzhang114/R1-Reward",
 )
 
 RecipeOpt = Annotated[
-    Path | None, typer.Option("--recipe", "-r", help="YAML recipe (see recipes/).", show_default=False)
+    str | None,
+    typer.Option("--recipe", "-r", help="A YAML recipe file, or a built-in recipe's name such as r1reward/sft "
+                 "(`r1rm recipes` lists them; an existing file wins).", show_default=False),
 ]
 OverridesArg = Annotated[
     list[str] | None,
-    typer.Argument(help="Dotted overrides, values parsed as YAML: rl.lr=1e-6 eval.orders=[chosen_first]", show_default=False),
+    typer.Argument(help="Dotted overrides, values parsed as YAML: rl.lr=1e-6 eval.orders=\\[chosen_first]", show_default=False),
 ]
 PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")]
 
 
-def _resolve(recipe: Path | None, overrides: list[str] | None, print_config: bool):
+# one real command line per command, shown as the epilog of its --help
+EXAMPLES = {
+    "tiny-model": "r1rm tiny-model out/tiny/model",
+    "synth": "r1rm synth --recipe tiny/synth output_dir=out/colour data.synthetic.n=1000",
+    "sft": "r1rm sft --recipe tiny/sft model.path=out/tiny/model data.train=[out/colour/train.jsonl] output_dir=out/colour/sft",
+    "rl": "r1rm rl --recipe tiny/rl model.path=out/colour/sft/model data.train=[out/colour/train.jsonl] "
+          "data.eval=[out/colour/eval.jsonl] output_dir=out/colour/rl",
+    "judge": "r1rm judge --recipe tiny/judge model.path=out/colour/rl/model judge.input=pairs.jsonl",
+    "eval": "r1rm eval --recipe r1reward/eval_vl_rewardbench model.path=yifanzhang114/R1-Reward output_dir=out/vlrb",
+    "build-data": "r1rm build-data --recipe tiny/build_text output_dir=out/msrl_text",
+    "vote": "r1rm vote --recipe tiny/vote output_dir=out/demo/vote",
+    "check-data": "r1rm check-data out/colour/train.jsonl --rejects out/colour/rejects.jsonl",
+    "config-schema": "r1rm config-schema | grep ^eval.",
+    "recipes": "r1rm recipes r1reward/sft --copy my_recipes",
+}
+
+
+def _version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("r1rm")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from r1rm import __version__ as v
+    sys.stdout.write(f"r1rm {v}\n")
+    raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print r1rm's version and exit.")
+    ] = False,
+) -> None:
+    pass
+
+
+def _resolve(recipe: str | None, overrides: list[str] | None, print_config: bool):
     """Load + validate the config; with --print-config print it and exit 0."""
     from r1rm.config import config_to_yaml, load_config
 
@@ -59,14 +103,17 @@ def _recipe_command(name: str, help_text: str) -> None:
 def tiny_model(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the checkpoint into.")],
     seed: Annotated[int, typer.Option(help="Seed for weights and tokenizer.")] = 0,
-    arch: Annotated[str, typer.Option(help="qwen2_5_vl or qwen2_vl.")] = "qwen2_5_vl",
+    family: Annotated[str, typer.Option(
+        help="qwen2_5_vl, qwen2_vl, qwen3_vl, internvl3_5 or llava_onevision.")] = "qwen2_5_vl",
+    arch: Annotated[str | None, typer.Option(hidden=True, help="Deprecated name of --family.")] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Load it back and generate once.")] = True,
     heads: Annotated[int, typer.Option(help="Text attention heads (KV heads: half); the width stays 128.")] = 4,
 ) -> None:
-    """Write a tiny randomly initialised Qwen-VL-shaped checkpoint with a locally trained tokenizer (offline)."""
+    """Write a tiny randomly initialised checkpoint of a VLM family with a locally trained tokenizer (offline)."""
     from r1rm.commands import tiny_model as cmd
 
-    cmd.run(out_dir, seed=seed, arch=arch, check=check, heads=heads)
+    option = "--arch" if arch else "--family"
+    cmd.run(out_dir, seed=seed, family=arch or family, check=check, heads=heads, option=option)
 
 
 _recipe_command("synth", "Generate the synthetic preference task (train + held-out sets) in image, caption or text modality.")
@@ -108,6 +155,37 @@ _recipe_command("build-data", "Build SFT / RL preference data: clean + balance +
 _recipe_command("vote", "Test-time scaling from K samples: majority, any, confidence-weighted and early-stop voting vs k.")
 
 
+@app.command("recipes")
+def recipes(
+    name: Annotated[str | None, typer.Argument(help="A built-in recipe's name: print it.", show_default=False)] = None,
+    copy: Annotated[
+        Path | None,
+        typer.Option("--copy", help="Copy recipe NAME and the files it inherits into this folder, to edit and run.",
+                     show_default=False),
+    ] = None,
+) -> None:
+    """List the built-in recipes with their purpose; print one; or copy one out to start from."""
+    from r1rm import recipes as rc
+    from r1rm.errors import ConfigError
+
+    if name is None:
+        if copy is not None:
+            raise ConfigError("--copy needs the name of the recipe to copy", fix="r1rm recipes NAME --copy DEST")
+        names = rc.builtin_recipes()
+        if not names:
+            raise ConfigError("no built-in recipes found next to the r1rm package", fix="reinstall r1rm")
+        width = max(map(len, names))
+        for n, path in names.items():
+            sys.stdout.write(f"{n:<{width}}  {rc.purpose(path)}\n")
+        return
+    if copy is not None:
+        files = rc.copy_builtin(name, copy)
+        sys.stdout.write("".join(f"{f}\n" for f in files))
+        sys.stderr.write(f"run it with: --recipe {files[0]}\n")
+        return
+    sys.stdout.write(rc.locate_builtin(name).read_text(encoding="utf-8"))
+
+
 @app.command("check-data")
 def check_data(
     files: Annotated[list[Path], typer.Argument(help="Canonical JSONL files (or build-data output folders) to validate.")],
@@ -129,6 +207,12 @@ def config_schema() -> None:
 
     for key, typ, default, help_text in schema_rows():
         sys.stdout.write(f"{key}\t{typ}\t{default}\t{help_text}\n")
+
+
+for _info in app.registered_commands:
+    _example = EXAMPLES.get(_info.name or "")
+    if _example and not _info.epilog:
+        _info.epilog = "Example: " + _example.replace("[", "\\[")
 
 
 def main() -> None:

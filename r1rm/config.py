@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from r1rm.core.algorithms import ALGORITHMS
 from r1rm.data.files import write_text_atomic
 from r1rm.errors import ConfigError, InputFileError
+from r1rm.recipes import closest_names, find_builtin, locate, resolve_shipped
 
 
 class Section(BaseModel):
@@ -40,7 +41,11 @@ class LoraConfig(Section):
 
 
 class ModelConfig(Section):
-    path: str = Field("", description="Checkpoint folder (HF format) or a local model id; `r1rm tiny-model` makes one.")
+    path: str = Field("", description="Checkpoint folder (HF format) or a hub model id (from the hub cache when offline); `r1rm tiny-model` makes one.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of model.path; None = the default branch.")
+    trust_remote_code: bool = Field(
+        False, description="Let transformers run the checkpoint's own modelling code (families transformers lacks natively)."
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Weights dtype; auto = bfloat16 on CUDA, float32 on CPU."
     )
@@ -350,7 +355,11 @@ class EvalConfig(Section):
         "canonical", description="Benchmark format of eval.path (genai-bench: image/video generation pairs; ties and "
         "both-bad votes counted, not scored)."
     )
-    path: str | None = Field(None, description="Benchmark file; default: data.eval.")
+    path: str | None = Field(
+        None, description="Benchmark: a hub dataset id, a hub snapshot folder, a parquet file or folder, or JSONL; default: data.eval."
+    )
+    subset: str | None = Field(None, description="Hub dataset config (subset) of eval.path, e.g. GenAI-Bench's; None = its only/default one.")
+    split: str | None = Field(None, description="Split of eval.path (hub id or snapshot); None = the benchmark's test split or its only one.")
     image_root: str | None = Field(None, description="Folder the benchmark's image paths resolve against.")
     orders: list[Literal["chosen_first", "chosen_second"]] = Field(
         default_factory=lambda: ["chosen_first", "chosen_second"], description="Orders each pair is judged in."
@@ -405,7 +414,8 @@ class _SourceSettings(Section):
     strip_image_dirs: bool = Field(
         False, description="Keep only the file name of each image path (released rows hold the authors' absolute paths)."
     )
-    split: str | None = Field(None, description="hf_disk: the split of a saved DatasetDict; default: its only split.")
+    split: str | None = Field(None, description="Split of a hub id, snapshot folder or saved DatasetDict; default: its only (or train) split.")
+    subset: str | None = Field(None, description="Hub dataset config (subset) when path is a hub dataset id.")
 
 
 # _SourceSettings' fields first, then SyntheticScenes' (read only for format synthetic): the order the
@@ -495,8 +505,11 @@ class RuntimeConfig(Section):
     )
     num_workers: int = Field(0, ge=0, description="Data loader workers.")
     log_every_steps: int = Field(1, ge=1, description="Metrics logging interval.")
-    tensorboard: bool = Field(True, description="Write TensorBoard logs when tensorboard is installed.")
-    wandb_project: str | None = Field(None, description="Weights & Biases project; None disables.")
+    report_to: list[str] | Literal["all", "none"] = Field(
+        "all", description="Experiment trackers (accelerate's: tensorboard, wandb, mlflow, ...); all = every one installed, "
+        "none = only metrics.jsonl (always written)."
+    )
+    project: str = Field("r1rm", description="Tracker project / experiment name (W&B project, MLflow experiment).")
     progress: bool = Field(True, description="Show rich progress bars.")
     resume: bool = Field(True, description="Resume from the last complete checkpoint / partial outputs.")
 
@@ -537,6 +550,9 @@ RENAMED_KEYS = {
     "judge.timeout_s": "rl.consistency.timeout_s",
     "judge.temperature": "rl.consistency.temperature",
     "judge.retries": "rl.consistency.retries",
+    # 2026-12-06 (trackers through accelerate)
+    "runtime.tensorboard": "runtime.report_to",
+    "runtime.wandb_project": "runtime.project",
 }
 
 
@@ -583,11 +599,41 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
+def _inherited(p: Path, parent: str, where: str) -> Path:
+    """An `inherit:` entry of recipe p: a file relative to p's folder, else a built-in recipe name."""
+    local = p.parent / parent
+    if local.is_file():
+        return local
+    found = find_builtin(parent)
+    if found is not None:
+        return found
+    close = closest_names(parent)
+    raise InputFileError(f"inherited recipe not found: '{parent}' (neither {local} nor a built-in recipe)", where=where,
+                         fix=(f"closest built-in recipes: {', '.join(close)}; " if close else "")
+                         + "write a path relative to this recipe's folder or a name `r1rm recipes` lists")
+
+
+def _resolve_recipe_paths(data: dict, p: Path, origins: dict[str, str]) -> None:
+    """Shipped files a recipe names (runtime.deepspeed) resolve against the recipe's own folder first
+    (docs/config.md, "Recipes and paths"); made absolute here, while that folder is known."""
+    runtime = data.get("runtime")
+    value = runtime.get("deepspeed") if isinstance(runtime, dict) else None
+    if isinstance(value, str) and value:
+        found = resolve_shipped(value, p.parent)
+        if found is None:
+            raise InputFileError(f"runtime.deepspeed: DeepSpeed config not found: '{value}'",
+                                 where=origins.get("runtime.deepspeed", str(p)),
+                                 fix="write a path relative to the recipe's folder or the current folder, or a built-in "
+                                 "one: deepspeed/zero2.json, deepspeed/zero3.json")
+        runtime["deepspeed"] = str(found)
+
+
 def load_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> tuple[dict, dict[str, str]]:
-    """Read a YAML recipe (following `inherit:`); return (raw dict, {dotted key: 'file:line'})."""
-    p = Path(path)
+    """Read a YAML recipe (following `inherit:`); return (raw dict, {dotted key: 'file:line'}).
+    `path` is a file, or (at the top level) a built-in recipe name such as `tiny/eval` (r1rm.recipes)."""
+    p = Path(path) if _seen else locate(path)
     if not p.is_file():
-        raise InputFileError(f"recipe not found: '{p}'", fix="pass an existing YAML file to --recipe (see recipes/)")
+        raise InputFileError(f"recipe not found: '{p}'", fix="pass an existing YAML file or a built-in name to --recipe (`r1rm recipes`)")
     if p.resolve() in _seen:
         raise ConfigError(f"recipe inherits itself in a cycle: {' -> '.join(map(str, _seen + (p,)))}", where=str(p))
     data, lines = _load_yaml_with_lines(p)
@@ -597,6 +643,7 @@ def load_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> tuple[
         raise ConfigError(f"a recipe must be a YAML mapping of sections, got {type(data).__name__}", where=str(p),
                           fix="write `section:` blocks such as `model:`, `rl:` at the top level")
     origins = {k: f"{p}:{ln}" for k, ln in lines.items()}
+    _resolve_recipe_paths(data, p, origins)
     parents = data.pop(_INHERIT, None)
     if parents is None:
         return data, origins
@@ -607,7 +654,7 @@ def load_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> tuple[
     merged: dict = {}
     merged_origins: dict[str, str] = {}
     for parent in parents:
-        pd, po = load_recipe(p.parent / parent, _seen + (p.resolve(),))
+        pd, po = load_recipe(_inherited(p, parent, origins.get(_INHERIT, str(p))), _seen + (p.resolve(),))
         merged = _deep_merge(merged, pd)
         merged_origins.update(po)
     merged_origins.update(origins)
@@ -719,6 +766,22 @@ def _format_validation(err: ValidationError, origins: dict[str, str], overridden
     return ConfigError(what, fix="edit the recipe or the override named above (`r1rm <cmd> --print-config` shows the resolved config)")
 
 
+def _resolve_override_paths(raw: dict, overridden: dict[str, str]) -> None:
+    """runtime.deepspeed given as an override: the current folder first, then the built-in recipes
+    folder (`runtime.deepspeed=deepspeed/zero3.json`); absolute in the resolved config."""
+    runtime = raw.get("runtime")
+    value = runtime.get("deepspeed") if isinstance(runtime, dict) else None
+    src = overridden.get("runtime.deepspeed") or overridden.get("runtime")
+    if not (src and isinstance(value, str) and value) or (Path(value).is_absolute() and Path(value).is_file()):
+        return
+    found = resolve_shipped(value, None)
+    if found is None:
+        raise InputFileError(f"runtime.deepspeed: DeepSpeed config not found: '{value}'", where=src,
+                             fix="give a path relative to the current folder or a built-in one: deepspeed/zero2.json, "
+                             "deepspeed/zero3.json")
+    runtime["deepspeed"] = str(found)
+
+
 def load_config(recipe: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Recipe → dotted overrides → validated Config; raises ConfigError/InputFileError on any mistake."""
     raw, origins = load_recipe(recipe) if recipe is not None else ({}, {})
@@ -727,6 +790,7 @@ def load_config(recipe: str | os.PathLike | None, overrides: list[str] | tuple[s
         parts, value = parse_override(text)
         apply_override(raw, parts, value, text)
         overridden[".".join(parts)] = f"override '{text}'"
+    _resolve_override_paths(raw, overridden)
     try:
         return Config.model_validate(raw)
     except ValidationError as e:

@@ -38,8 +38,8 @@ r build-data --recipe recipes/tiny/build_caption.yaml output_dir="$OUT/build_cap
 r build-data --recipe recipes/tiny/build_cmkd.yaml output_dir="$OUT/build_cmkd" model.path="$M" \
   "build.sources=[{name: caption-set, format: canonical, path: $OUT/build_caption}]" generation.max_new_tokens=24 build.cmkd.n=2
 r sft --recipe recipes/tiny/sft.yaml model.path="$M" "data.train=[$D/train.jsonl]" output_dir="$OUT/sft" \
-  sft.max_steps=6 sft.save_every_steps=3 runtime.log_every_steps=1 runtime.tensorboard=false
-RL_SMALL="rl.max_steps=3 rl.rollout_batch_size=4 rl.train_batch_size=8 rl.micro_batch_size=4 rl.max_new_tokens=40 rl.save_every_steps=2 rl.eval_every_steps=2 rl.eval_limit=8 runtime.tensorboard=false"
+  sft.max_steps=6 sft.save_every_steps=3 runtime.log_every_steps=1 runtime.report_to=none
+RL_SMALL="rl.max_steps=3 rl.rollout_batch_size=4 rl.train_batch_size=8 rl.micro_batch_size=4 rl.max_new_tokens=40 rl.save_every_steps=2 rl.eval_every_steps=2 rl.eval_limit=8 runtime.report_to=none"
 r rl --recipe recipes/tiny/rl.yaml model.path="$OUT/sft/model" "data.train=[$OUT/build]" "data.eval=[$D/val.jsonl]" \
   output_dir="$OUT/rl" $RL_SMALL rl.keep_best=true
 r rl --recipe recipes/tiny/rl.yaml model.path="$OUT/sft/model" "data.train=[$OUT/build]" "data.eval=[$D/val.jsonl]" \

@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,11 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# runtime.report_to defaults to every installed tracker: in tests W&B is a no-op and MLflow writes to a
+# temporary store, never to the network or the repository folder (tests/integration/test_tracking.py
+# turns them on itself)
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='r1rm-mlflow-')}/mlflow.db")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("R1RM_SHARED", REPO.parent / "shared"))

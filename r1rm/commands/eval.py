@@ -82,17 +82,25 @@ def run(cfg: Config, *, from_generations: str | os.PathLike | None = None) -> di
 
     out = Path(cfg.output_dir)
     if from_generations is not None:
-        save_config(cfg)
         metrics = compute_metrics(read_generations(from_generations), benchmark=cfg.eval.benchmark)
+        save_config(cfg)
         write_metrics(out, metrics)
         print_metrics(metrics)
         return metrics
 
+    from r1rm.engines import check_engine
     from r1rm.runtime.dist import process_state
 
     identity = _checked_identity(cfg, out)  # generations already here must be this eval's (before any write)
+    from r1rm.runtime.tracking import resolve
+
+    resolve(cfg.runtime.report_to)  # an unknown / uninstalled tracker stops the run now, not after generating
+    # the model and the benchmark are checked before output_dir is made: a failed start leaves no folder
+    check_engine(cfg)
+    records, root, skipped = _read_items(cfg)
     save_config(cfg)
-    records, root, skipped = _read_items(cfg, out)
+    if skipped:
+        write_jsonl_atomic(out / "skipped.jsonl", skipped)
     state = process_state(cfg.runtime.device)
     rank, world = state.process_index, state.num_processes
     gen_path = out / (GENERATIONS if world == 1 else rank_file(rank))
@@ -102,7 +110,8 @@ def run(cfg: Config, *, from_generations: str | os.PathLike | None = None) -> di
     writer = JsonlAppender(gen_path, key="key")
     todo = _pending(cfg, records[rank::world], writer)
     n_total = len(records[rank::world]) * len(cfg.eval.orders)
-    failures = _generate(cfg, todo, writer, params, root=root, n_total=n_total, rank=rank, world=world) if todo else []
+    failures, speedups = (_generate(cfg, todo, writer, params, root=root, n_total=n_total, rank=rank, world=world)
+                          if todo else ([], None))
     writer.close()
     if failures:
         write_jsonl_atomic(out / (f"failures.rank{rank}.jsonl" if world > 1 else "failures.jsonl"), failures)
@@ -111,7 +120,7 @@ def run(cfg: Config, *, from_generations: str | os.PathLike | None = None) -> di
         if not state.is_main_process:
             return {}
         gen_path = merge_rank_files(out, world)
-    return _score(cfg, out, records, gen_path, skipped=skipped, n_failures=len(failures), params=params)
+    return _score(cfg, out, records, gen_path, skipped=skipped, failures=failures, params=params, speedups=speedups)
 
 
 def _checked_identity(cfg: Config, out: Path) -> dict:
@@ -120,26 +129,44 @@ def _checked_identity(cfg: Config, out: Path) -> dict:
     from r1rm.runtime.checkpoint import check_same_eval, identity_of, model_stamp
 
     identity = {**identity_of(cfg.model_dump(mode="json"), "eval"), "model.stamp": model_stamp(cfg.model.path),
-                "eval.data.sha256": data_fingerprint([eval_path(cfg)])}
+                "eval.data.sha256": data_fingerprint(_eval_files(cfg))}
     check_same_eval(out, identity, [out / GENERATIONS, *out.glob(rank_file("*"))])
     return identity
 
 
-def _read_items(cfg: Config, out: Path) -> tuple[list, str | None, list]:
-    """The benchmark's records, the folder media resolve against, and the skipped items (written)."""
-    from r1rm.data.benchmarks import read_benchmark
-    from r1rm.data.media import default_image_root
+def _eval_files(cfg: Config) -> list[str]:
+    """The files behind eval.path (a hub id or snapshot folder resolves to its data files), for the fingerprint."""
+    from r1rm.data.hub import resolve_data
 
     path = eval_path(cfg)
-    root = default_image_root(path, cfg.eval.image_root or cfg.data.image_root)
+    if cfg.eval.benchmark == "canonical":
+        return [path]
+    return [str(f) for f in resolve_data(path, subset=cfg.eval.subset, split=cfg.eval.split).files]
+
+
+def _read_items(cfg: Config) -> tuple[list, str | None, list]:
+    """The benchmark's records, the folder media resolve against, and the skipped items."""
+    import shutil
+
+    from r1rm.data.benchmarks import load_benchmark
+    from r1rm.errors import R1RMError
+
+    path = eval_path(cfg)
     skipped: list = []
-    records = read_benchmark(
-        cfg.eval.benchmark, path, image_root=root, check_media=True,
-        skip_missing_media=cfg.eval.skip_missing_media, limit=cfg.eval.limit, skipped=skipped,
-    )
-    if skipped:
-        write_jsonl_atomic(out / "skipped.jsonl", skipped)
-    return records, root, skipped
+    # embedded images and decoded video frames go under the run's folder, never next to the data
+    out = Path(cfg.output_dir)
+    existed = out.exists()
+    try:
+        bench = load_benchmark(
+            cfg.eval.benchmark, path, image_root=cfg.eval.image_root or cfg.data.image_root, check_media=True,
+            skip_missing_media=cfg.eval.skip_missing_media, limit=cfg.eval.limit, skipped=skipped, subset=cfg.eval.subset,
+            split=cfg.eval.split, media_dir=out / "media", video_max_frames=cfg.model.video_max_frames,
+        )
+    except R1RMError:
+        if not existed:  # a failed start leaves no folder (media written before the bad row go too)
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return bench.records, bench.root, skipped
 
 
 def _sampling(cfg: Config):
@@ -167,8 +194,9 @@ def _pending(cfg: Config, mine: list, writer: JsonlAppender) -> list[tuple]:
 
 
 def _generate(cfg: Config, todo: list, writer: JsonlAppender, params, *, root, n_total: int, rank: int,
-              world: int) -> list[dict]:
-    """Generate what is missing, appending each sample as it comes; engine failures are returned, not written."""
+              world: int) -> tuple[list[dict], dict | None]:
+    """Generate what is missing, appending each sample as it comes; engine failures are returned, not written,
+    with the engine's speed-ups (on, or off and why: r1rm.models.families)."""
     from r1rm.data.chat import oriented, record_messages
     from r1rm.engines import make_engine
     from r1rm.engines.base import Request
@@ -187,7 +215,8 @@ def _generate(cfg: Config, todo: list, writer: JsonlAppender, params, *, root, n
                                         video_max_frames=cfg.model.video_max_frames, max_pixels=cfg.model.max_pixels), key=i)
                 for i, (rec, order, _) in enumerate(part)
             ]
-            results = engine.generate(requests, params)
+            # the bar moves as each engine batch (hf) or request (openai) finishes, not per chunk
+            results = engine.generate(requests, params, progress=lambda k: bar.advance(task, k))
             for (rec, order, missing), samples in zip(part, results, strict=True):
                 for s in missing:
                     if samples[s].error is not None:
@@ -195,12 +224,12 @@ def _generate(cfg: Config, todo: list, writer: JsonlAppender, params, *, root, n
                         failures.append({"key": [rec.uid, order, s], "error": samples[s].error})
                         continue
                     writer.append(generation_row(rec, order, s, samples[s], allow_fallback=cfg.eval.answer_fallback))
-            bar.advance(task, len(part))
     engine.close()
-    return failures
+    return failures, getattr(engine, "speedups", None)
 
 
-def _score(cfg: Config, out: Path, records: list, gen_path: Path, *, skipped: list, n_failures: int, params) -> dict:
+def _score(cfg: Config, out: Path, records: list, gen_path: Path, *, skipped: list, failures: list, params,
+           speedups: dict | None = None) -> dict:
     """metrics.json / report.md from every generation of these records; an incomplete eval raises after writing."""
     from r1rm.core.metrics import compute_metrics
 
@@ -215,12 +244,19 @@ def _score(cfg: Config, out: Path, records: list, gen_path: Path, *, skipped: li
     metrics["n_skipped"] = len(skipped)
     metrics["skipped_by_reason"] = dict(Counter(r.reason for r in skipped))
     metrics["sampling"] = {"k": k, "temperature": params.temperature, "max_new_tokens": params.max_new_tokens}
+    if speedups is not None:  # the engine of this invocation (none when every generation was already written)
+        metrics["speedups"] = speedups
     write_metrics(out, metrics)
     print_metrics(metrics)
+    if metrics["complete"]:  # an incomplete eval's rerun logs the whole result
+        from r1rm.runtime.tracking import log_eval
+
+        log_eval(cfg, out, metrics)
     if not metrics["complete"]:
         raise IncompleteRunError(
             f"eval incomplete: {metrics['n_missing_generations']} of {expected} generations are missing "
-            f"({n_failures} engine failures listed in {out}/failures.jsonl); metrics.json says complete: false",
+            f"({len(failures)} engine failures listed in {out}/failures.jsonl"
+            + (f", the first: {failures[0]['error']}" if failures else "") + "); metrics.json says complete: false",
             fix="rerun the same command: it generates only what is missing",
         )
     return metrics

@@ -11,7 +11,8 @@ Every pair is judged as given and swapped (`judge.both_orders`). Output
   its reasoning and P(choice);
 - candidates: every pair in both orders → per-candidate `win_rate` and Bradley–Terry
   `strength`, a `ranking` (best first) and `best` — best-of-N selection with a
-  generative judge.
+  generative judge. `best` is null when the verdicts name none, and `best_reason` says why:
+  `undecided` (no verdict was decided) or `tie` (the top strengths are equal).
 
 `--serve` starts the HTTP server of r1rm.serving over the configured engine instead.
 """
@@ -119,7 +120,7 @@ def _pair_output(rec: Record, first: dict, second: dict | None) -> dict:
 
 
 def _candidates_output(row: dict, recs: list[Record], verdicts: list[tuple[dict, dict | None]]) -> dict:
-    from r1rm.core.ranking import bradley_terry, rank, win_rates
+    from r1rm.core.ranking import bradley_terry, pick_best, rank, win_rates
 
     n = len(row["candidates"])
     wins = [[0.0] * n for _ in range(n)]
@@ -138,10 +139,11 @@ def _candidates_output(row: dict, recs: list[Record], verdicts: list[tuple[dict,
     rates = win_rates(wins)
     strength = bradley_terry(wins)
     order = rank(strength)
+    best, why = pick_best(wins, strength)
     return {
         "uid": recs[0].uid.rsplit(":", 1)[0], "id": recs[0].id, "n_candidates": n,
         "scores": [{"candidate": i, "win_rate": rates[i], "strength": strength[i]} for i in range(n)],
-        "ranking": order, "best": order[0], "wins": wins, "undecided_verdicts": undecided,
+        "ranking": order, "best": best, "best_reason": why, "wins": wins, "undecided_verdicts": undecided,
     }
 
 
@@ -151,7 +153,7 @@ def run(cfg: Config) -> Path:
     from r1rm.data.chat import record_messages
     from r1rm.data.files import JsonlAppender
     from r1rm.data.media import default_image_root
-    from r1rm.engines import make_engine, sampling_from_config
+    from r1rm.engines import check_engine, make_engine, sampling_from_config
     from r1rm.engines.base import Request
     from r1rm.runtime.progress import make_progress
 
@@ -161,16 +163,17 @@ def run(cfg: Config) -> Path:
     if not path.is_file():
         raise InputFileError(f"judge input not found: '{path}'", fix="check judge.input")
     out = Path(cfg.output_dir)
-    save_config(cfg)
-    root = default_image_root(path, cfg.data.image_root)
-    items = read_items(path)
-    writer = JsonlAppender(out / VERDICTS, key="uid")
-    todo = [it for it in items if (it[2][0].uid if it[1] == "pair" else it[2][0].uid.rsplit(":", 1)[0]) not in writer.done]
     params = sampling_from_config(cfg)
     if params.n != 1:
         raise ConfigError("judge uses one sample per order", fix="set generation.n=1 (voting over samples is `r1rm eval` + `r1rm vote`)")
+    root = default_image_root(path, cfg.data.image_root)
+    items = read_items(path)
+    check_engine(cfg)  # input, settings and model checked before output_dir is made: a failed start leaves no folder
+    save_config(cfg)
+    writer = JsonlAppender(out / VERDICTS, key="uid")
+    todo = [it for it in items if (it[2][0].uid if it[1] == "pair" else it[2][0].uid.rsplit(":", 1)[0]) not in writer.done]
     engine = make_engine(cfg) if todo else None
-    failures = 0
+    failures, first_error = 0, ""
     with make_progress(enabled=cfg.runtime.progress, unit="items") as bar:
         task = bar.add_task("judge", total=len(items), completed=len(items) - len(todo))
         chunk = max(1, cfg.engine.batch_size)
@@ -193,7 +196,8 @@ def run(cfg: Config) -> Path:
                 for _rec in recs:
                     first = _verdict(next(results)[0], swapped=False)
                     second = _verdict(next(results)[0], swapped=True) if cfg.judge.both_orders else None
-                    failures += sum(1 for v in (first, second) if v is not None and v["error"])
+                    errors = [v["error"] for v in (first, second) if v is not None and v["error"]]
+                    failures, first_error = failures + len(errors), first_error or (errors[0] if errors else "")
                     verdicts.append((first, second))
                 if any(v["error"] for pair in verdicts for v in pair if v is not None):
                     continue  # an engine failure is not a verdict: a rerun retries this item
@@ -209,7 +213,7 @@ def run(cfg: Config) -> Path:
     if failures:
         from r1rm.errors import IncompleteRunError
 
-        raise IncompleteRunError(f"{failures} engine failures: their items have no verdict yet",
+        raise IncompleteRunError(f"{failures} engine failures (the first: {first_error}): their items have no verdict yet",
                                  fix="rerun the same command: it judges only what is missing")
     return out / VERDICTS
 
@@ -221,8 +225,8 @@ def serve(cfg: Config) -> None:
     from r1rm.engines import make_engine
     from r1rm.serving import make_server
 
+    engine = make_engine(cfg)  # the model loads (or fails) before output_dir is made
     save_config(cfg)
-    engine = make_engine(cfg)
     name = cfg.judge.served_model_name or cfg.model.path or "r1rm"
     server = make_server(
         engine, model_name=name, host=cfg.judge.host, port=cfg.judge.port, api_key=cfg.judge.api_key,

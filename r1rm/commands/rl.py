@@ -139,7 +139,7 @@ def run(cfg: Config) -> dict:
     state_dict = training.final_state_dict(t, step=step, keep_last=rc.keep_last, state=totals.state(),
                                            extra=_lag_extra(sampler))
     summary = {"steps": step, "processes": t.acc.num_processes, "algorithm": rc.algorithm, "pre_clip": pre_clip_ratio,
-               "grouped_forward": plan.grouped, "adv_filter": adv_filter,
+               "grouped_forward": plan.grouped, "speedups": plan.speedups, "adv_filter": adv_filter,
                **({"label_noise_flipped": plan.label_noise_flipped} if rc.stress.label_noise else {}),
                **totals.counters, "consistency_calls": totals.consistency.calls,
                "consistency_failures": totals.consistency.failures,
@@ -175,6 +175,7 @@ class Plan:
     total_rollouts: int
     total_updates: int
     on_policy: bool  # old log-probs = the update pass's own: their forward pass is skipped
+    speedups: dict  # {"shared_prefill": "on" | "off (why)", "grouped_forward": ...} for summary.json
 
 
 def _plan(cfg: Config) -> Plan:
@@ -200,7 +201,7 @@ def _plan(cfg: Config) -> Plan:
                           fix="set engine.tensor_parallel_size=1 (docs/training.md, vLLM rollouts and placement)")
     if rc.rollout_batch_size % world:
         raise ConfigError(f"rl.rollout_batch_size={rc.rollout_batch_size} is not divisible by the {world} processes",
-                          fix=f"use a multiple of {world}")
+                          fix=f"set rl.rollout_batch_size to a multiple of {world}")
     n = rc.n_samples_per_prompt
     per_proc_train = rc.train_batch_size // world
     # an update forwards each prompt once for its n samples: micro batches must hold whole groups; not
@@ -208,7 +209,10 @@ def _plan(cfg: Config) -> Plan:
     # tests/integration/test_grouped_ddp.py)
     grouped = (rc.share_prompt_forward and n > 1 and rc.micro_batch_size % n == 0 and per_proc_train % n == 0
                and not cfg.model.gradient_checkpointing and not cfg.runtime.deepspeed)
-    accum = split_batch(rc.train_batch_size, rc.micro_batch_size, world)
+    # ... and only for a model family whose grouped forward is tested equal to the plain one
+    speedups = _speedups(cfg, grouped)
+    grouped = speedups["grouped_forward"] == "on"
+    accum = split_batch(rc.train_batch_size, rc.micro_batch_size, world, keys=("rl.train_batch_size", "rl.micro_batch_size"))
     steps_per_epoch = len(items) // rc.rollout_batch_size
     if steps_per_epoch == 0:
         raise DataError(f"{len(items)} RL prompts are fewer than one rollout batch of {rc.rollout_batch_size}",
@@ -220,7 +224,23 @@ def _plan(cfg: Config) -> Plan:
     on_policy = updates_per_rollout == 1 and rc.rollout_engine == "hf" and rc.kl_coef == 0 and not lag
     return Plan(items=items, label_noise_flipped=flipped, n=n, per_proc_train=per_proc_train, grouped=grouped,
                 accum=accum, steps_per_epoch=steps_per_epoch, total_rollouts=total_rollouts,
-                total_updates=total_rollouts * updates_per_rollout, on_policy=on_policy)
+                total_updates=total_rollouts * updates_per_rollout, on_policy=on_policy, speedups=speedups)
+
+
+def _speedups(cfg: Config, grouped: bool) -> dict:
+    """The Qwen-derived speed-ups this run uses, each "on" or "off (why)": the family's own verdict
+    (r1rm.models.families) where the config asks for it."""
+    from r1rm.models.families import speedups
+    from r1rm.models.loading import model_config
+
+    state = speedups(model_config(cfg.model))
+    if not grouped and state["grouped_forward"] == "on":
+        state["grouped_forward"] = "off (rl.share_prompt_forward, group size, micro batch, DeepSpeed or checkpointing)"
+    if not cfg.engine.share_prefill and state["shared_prefill"] == "on":
+        state["shared_prefill"] = "off (engine.share_prefill=false)"
+    if cfg.rl.rollout_engine != "hf":
+        state["shared_prefill"] = f"off (rl.rollout_engine={cfg.rl.rollout_engine})"
+    return state
 
 
 @dataclass
@@ -261,7 +281,8 @@ def _sampler(cfg: Config, t: Training, plan: Plan) -> Sampler:
         sampler.vllm = VLLMEngine(cfg.model.path, gpu_memory_utilization=cfg.engine.gpu_memory_utilization,
                                   dtype=dtype, seed=cfg.seed, enable_sleep_mode=sampler.sleep_level > 0,
                                   max_model_len=_engine_context(cfg, t),
-                                  media=media_budget(cfg), colocated=True)
+                                  media=media_budget(cfg), colocated=True, revision=cfg.model.revision,
+                                  trust_remote_code=cfg.model.trust_remote_code)
         sampler.probe = _probe(cfg, t, plan, eos_id=eos_id)
         tol = cfg.rl.logprob_check_tol
         sampler.tol = tol if tol is not None else default_tol(dtype)

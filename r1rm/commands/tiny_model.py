@@ -1,4 +1,7 @@
-"""`r1rm tiny-model`: write a tiny randomly initialised Qwen-VL-shaped checkpoint, fully offline.
+"""`r1rm tiny-model`: write a tiny randomly initialised checkpoint of a VLM family, fully offline.
+
+Families (`--family`): qwen2_5_vl (default), qwen2_vl, qwen3_vl, internvl3_5 (transformers-native
+InternVL with a Qwen3 text model), llava_onevision (r1rm.models.tiny, r1rm.models.families).
 
 After writing, the checkpoint is loaded back through AutoModelForImageTextToText /
 AutoProcessor and asked to judge one synthetic image pair, so a broken build fails here
@@ -11,7 +14,8 @@ from pathlib import Path
 
 from r1rm.errors import ConfigError
 
-ARCHS = ("qwen2_5_vl", "qwen2_vl")
+# r1rm.models.tiny.FAMILIES, spelled out so that `r1rm --help` imports no torch
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "internvl3_5", "llava_onevision")
 
 
 def smoke_generate(path: Path, max_new_tokens: int = 12) -> tuple[int, str]:
@@ -24,7 +28,7 @@ def smoke_generate(path: Path, max_new_tokens: int = 12) -> tuple[int, str]:
 
     ex = make_examples(1, seed=0, levels=(1,), modality="image")[0]
     processor = load_processor(str(path))
-    model = load_model(str(path), device="cpu")
+    model = load_model(str(path), device="cpu")  # a local folder just written: no revision, no remote code
     messages = user_message(r1reward_text(ex.question, ex.response1, ex.response2), images=[render_image(ex.scene, 112)])
     inputs = processor.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
@@ -35,9 +39,11 @@ def smoke_generate(path: Path, max_new_tokens: int = 12) -> tuple[int, str]:
     return n_prompt, processor.decode(out[0, n_prompt:], skip_special_tokens=True)
 
 
-def run(out_dir: Path, *, seed: int = 0, arch: str = "qwen2_5_vl", check: bool = True, heads: int = 4) -> Path:
-    if arch not in ARCHS:
-        raise ConfigError(f"unknown --arch '{arch}'", fix=f"use one of: {', '.join(ARCHS)}")
+def run(out_dir: Path, *, seed: int = 0, family: str = "qwen2_5_vl", check: bool = True, heads: int = 4,
+        option: str = "--family") -> Path:
+    """Build, report and (check) load back the checkpoint; `option` names the flag that gave `family`."""
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown {option} '{family}'", fix=f"use one of: {', '.join(FAMILIES)}")
     from rich.console import Console
     from rich.markup import escape
 
@@ -48,9 +54,9 @@ def run(out_dir: Path, *, seed: int = 0, arch: str = "qwen2_5_vl", check: bool =
     except ValueError as e:
         raise ConfigError(f"--heads {heads}: {e}", fix="use 1, 2, 4, 8 or 16 (the text width is 128)") from None
     console = Console()
-    path = Path(build_tiny_model(out_dir, seed=seed, arch=arch, size=model_size))
+    path = Path(build_tiny_model(out_dir, seed=seed, family=family, size=model_size))
     n_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    console.print(f"tiny {arch} checkpoint written to [bold]{escape(str(path))}[/] ({n_bytes / 1e6:.1f} MB, seed {seed})")
+    console.print(f"tiny {family} checkpoint written to [bold]{escape(str(path))}[/] ({n_bytes / 1e6:.1f} MB, seed {seed})")
     if check:
         n_prompt, text = smoke_generate(path)
         console.print(f"loaded back offline; judged a synthetic image pair ({n_prompt} prompt tokens) → {text!r}")

@@ -45,6 +45,15 @@ VL_REWARDBENCH_CATEGORIES = ("general", "hallucination", "reasoning")
 MMRB_COLUMNS = ("correctness", "preference", "knowledge", "math", "coding", "safety", "vqa")
 UNCATEGORIZED = "uncategorized"
 BLOCKS = ("chosen_first", "chosen_second", "both_orders_mean", "both_orders_strict")
+# each benchmark's headline figures (keys of an accuracy block) with the names its paper prints
+# them under: what a voting table compares one to one (METHOD §5)
+HEADLINE_METRICS: dict[str, tuple[tuple[str, str], ...]] = {
+    "vl-rewardbench": (("overall", "overall"), ("macro", "macro")),
+    "multimodal-rewardbench": (("overall", "overall"),),  # the seven-column mean
+    "mm-rlhf-rewardbench": (("overall", "Acc"), ("acc_plus", "Acc+")),
+    "genai-bench": (("overall", "accuracy"),),  # over leftvote / rightvote pairs: ties are not scored
+    "canonical": (("overall", "accuracy"),),
+}
 
 
 def expected_choice(order: str) -> int:

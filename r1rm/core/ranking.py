@@ -51,3 +51,14 @@ def bradley_terry(wins: list[list[float]], *, prior: float = 0.5, iters: int = 5
 def rank(scores: list[float | None]) -> list[int]:
     """Candidate indices from best to worst (None last; ties keep input order)."""
     return sorted(range(len(scores)), key=lambda i: (scores[i] is None, -(scores[i] or 0.0)))
+
+
+def pick_best(wins: list[list[float]], strength: list[float], *, tol: float = 1e-9) -> tuple[int | None, str | None]:
+    """(best candidate, None), or (None, why) when the verdicts name no best: "undecided" when no
+    comparison was decided, "tie" when the top Bradley–Terry strengths are equal within `tol`."""
+    if not any(wins[i][j] for i in range(len(wins)) for j in range(len(wins)) if i != j):
+        return None, "undecided"
+    order = rank(strength)
+    if len(order) > 1 and abs(strength[order[0]] - strength[order[1]]) <= tol:
+        return None, "tie"
+    return order[0], None

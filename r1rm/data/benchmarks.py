@@ -1,4 +1,4 @@
-"""The three evaluation benchmarks, read in their own published formats into canonical Records.
+"""The evaluation benchmarks, read in their own published formats into canonical Records.
 
 METHOD §5. Every item becomes a Record with response1 = chosen, response2 = rejected and
 label = 1 (the evaluator shows each pair in both orders itself), `source` = the benchmark
@@ -8,15 +8,17 @@ Acc+ is computed over these groups). Benchmark ids are not unique (VL-RewardBenc
 of them), so the uid is a content hash, and a hash seen before gets `-1`, `-2`, … in file
 order: the same file always gives the same uids.
 
-Formats read:
+Where from: `path` is a file, a folder of parquet shards, a hub snapshot folder or a hub dataset
+id (r1rm.data.hub picks the subset / split and the files; docs/benchmarks.md has each release's
+layout). Formats read:
 
     vl-rewardbench          JSONL / JSON as R1-Reward ships it: id, prompt, chosen, rejected, image
                             (chosen_reason / rejected_reason ignored); or the Hugging Face parquet
                             (MMInstruction/VL-RewardBench): id, query, image ({bytes, path} or a
                             path), response [2 texts], human_ranking [2 ints, rank 0 = better].
                             Embedded image bytes are written once, as PNG, to
-                            `<image_root or parquet folder>/.r1rm_images/<id>.png` (delete the
-                            folder to refresh it). Category from the id, case-insensitive:
+                            `<media_dir>/embedded/<id>.png` (eval: <output_dir>/media; never
+                            next to the data). Category from the id, case-insensitive:
                             reasoning (mathverse, mmmu), hallucination (hallucination_pair, rlaif,
                             rlhf), general otherwise.
     multimodal-rewardbench  facebookresearch/multimodal_rewardbench `data/all_data.json` (a JSON
@@ -24,12 +26,14 @@ Formats read:
                             Output1, Output2, Better ("Output1" | "Output2"), Category (or
                             Meta.Category, as the harness's answer files carry it). See
                             `mmrb_column` for the category mapping and its source.
-    mm-rlhf-rewardbench     JSONL: id, prompt, chosen, rejected, and image (a file) or video (a
-                            folder of frames); category = first folder of that path (mcq, long,
-                            short, safety, video).
+    mm-rlhf-rewardbench     JSONL or parquet: id, prompt, chosen, rejected, and image (a file) or
+                            video (a folder of frames), paths under the release's images/ folder;
+                            category = first folder of that path (mcq, long, short, safety, video).
     genai-bench             GenAI-Bench's image / video generation sets (TIGER-Lab/GenAI-Bench layout):
-                            prompt, left_image + right_image (paths or {bytes, path}) or
-                            left_video + right_video (frame folders or frame lists), vote_type ∈
+                            prompt, left_image + right_image (paths or embedded {bytes, path},
+                            written under media_dir) or left_video + right_video (video files or
+                            the release's URLs, whose files sit in videos/: decoded with PyAV to
+                            video_max_frames frames under media_dir; or frame folders / lists), vote_type ∈
                             leftvote / rightvote / tievote / bothbad_vote; id from `id`, `index`
                             or the line number. The *responses are the visual outputs*; decisive
                             votes are scored (category image_generation / video_generation),
@@ -38,8 +42,8 @@ Formats read:
     canonical               r1rm's own JSONL (records.py); category from the record; a record with
                             label 2 is turned round (uid kept) so response1 is the chosen one.
 
-Paths resolve under `image_root` (default: the benchmark file's folder) and a path that
-escapes it is an error. A bad row raises DataError naming file:line (file:row N for
+Paths resolve under `image_root` (default: hub.media_root — the rows file's folder, a snapshot's
+folder, MM-RLHF's images/) and a path that escapes it is an error. A bad row raises DataError naming file:line (file:row N for
 parquet) and what to fix.
 """
 
@@ -57,6 +61,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from r1rm.data.files import FileRow, RowError, json_fallback, read_rows, write_bytes_atomic
+from r1rm.data.hub import media_root, r1rm_cache, resolve_data, unzipped
 from r1rm.data.media import check_image, folder_frames, resolve_path
 from r1rm.data.records import (
     Record,
@@ -75,12 +80,16 @@ BENCHMARKS = ("vl-rewardbench", "multimodal-rewardbench", "mm-rlhf-rewardbench",
 # GenAI-Bench vote_type -> which output is better (None: not decisive, counted, not scored)
 GENAI_VOTES = {"leftvote": 1, "rightvote": 2, "tievote": None, "bothbad_vote": None}
 _GENAI_SKIP_REASON = {"tievote": "tie", "bothbad_vote": "both_bad"}
+# the columns of a GenAI-Bench row that hold media (image_generation, image_edition, video_generation)
+GENAI_MEDIA = ("left_image", "right_image", "source_image", "left_output_image", "right_output_image", "left_video",
+               "right_video")
 
 VL_REWARDBENCH_CATEGORIES = ("general", "hallucination", "reasoning")
 # The seven columns of the R1-Reward paper's Multimodal RewardBench table; Overall = their mean.
 MMRB_COLUMNS = ("correctness", "preference", "knowledge", "math", "coding", "safety", "vqa")
 
-IMAGE_CACHE_DIR = ".r1rm_images"
+# embedded image bytes are written as <media_dir>/embedded/<id>.png
+IMAGE_CACHE_DIR = "embedded"
 
 # Multimodal RewardBench `Category` values -> paper column. The six raw values are those of
 # facebookresearch/multimodal_rewardbench data/all_data.json (seen in outputs/example.jsonl:
@@ -107,8 +116,9 @@ _FIELDS = {
     "image, response, human_ranking)",
     "multimodal-rewardbench": "ID, Text, Image, Output1, Output2, Better, Category",
     "mm-rlhf-rewardbench": "id, prompt, chosen, rejected, and image or video",
-    "genai-bench": "prompt, left_image and right_image (or left_video and right_video: frame folders or lists), "
-    "vote_type (leftvote, rightvote, tievote, bothbad_vote)",
+    "genai-bench": "prompt, left_image and right_image (or left_video and right_video: video files, URLs of files in "
+    "videos/, frame folders or lists; or image_edition's instruct_prompt, source_image, left_output_image, "
+    "right_output_image), vote_type (leftvote, rightvote, tievote, bothbad_vote)",
 }
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -178,65 +188,167 @@ def read_benchmark(
     skip_missing_media: bool = False,
     limit: int | None = None,
     skipped: list[Reject] | None = None,
+    subset: str | None = None,
+    split: str | None = None,
+    media_dir: str | os.PathLike | None = None,
+    video_max_frames: int = 8,
 ) -> list[Record]:
-    """Read benchmark `name` from `path` into Records (METHOD §5), in file order.
+    """Read benchmark `name` from `path` into Records (METHOD §5), in file order (`load_benchmark`
+    without the media root)."""
+    return load_benchmark(name, path, image_root=image_root, check_media=check_media, skip_missing_media=skip_missing_media,
+                          limit=limit, skipped=skipped, subset=subset, split=split, media_dir=media_dir,
+                          video_max_frames=video_max_frames).records
 
-    check_media: open every image (and list every frames folder); a missing or unreadable one
-    raises DataError naming the item id and file:line, unless skip_missing_media, which skips
-    the item and appends a Reject (reason, message) to `skipped`. `limit` keeps the first N
-    items that are kept.
+
+@dataclass
+class Benchmark:
+    """What `load_benchmark` read: the records, the folder their media paths resolve against, the files."""
+
+    records: list[Record]
+    root: Path
+    files: tuple[Path, ...]
+    description: str
+
+
+def load_benchmark(
+    name: str,
+    path: str | os.PathLike,
+    *,
+    image_root: str | os.PathLike | None = None,
+    check_media: bool = False,
+    skip_missing_media: bool = False,
+    limit: int | None = None,
+    skipped: list[Reject] | None = None,
+    subset: str | None = None,
+    split: str | None = None,
+    media_dir: str | os.PathLike | None = None,
+    video_max_frames: int = 8,
+) -> Benchmark:
+    """Read benchmark `name` from `path` — a file, a folder of parquet shards, a hub snapshot folder or
+    a hub dataset id (r1rm.data.hub; `subset`, `split`) — into Records (METHOD §5), in file order.
+
+    Media paths resolve under `image_root` (default: hub.media_root). Embedded image bytes and
+    frames decoded from video files are written under `media_dir` (the run's output folder; default
+    r1rm's cache), never next to the data; a file whose items use them resolves every media path
+    under `media_dir` (returned as `root`). check_media: open every image (and list every frames
+    folder); a missing or unreadable one raises DataError naming the item id and file:line, unless
+    skip_missing_media, which skips the item and appends a Reject to `skipped`. `limit` keeps the
+    first N items that are kept.
     """
     if name not in BENCHMARKS:
         raise DataError(f"unknown benchmark '{name}'", fix=f"use one of {', '.join(BENCHMARKS)}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    p = Path(path)
-    if not p.exists():
-        raise InputFileError(f"benchmark file not found: '{p}'", fix="check the path (relative paths start from the current directory)")
-    media = _MediaPolicy(Path(image_root) if image_root is not None else (p if p.is_dir() else p.parent),
-                         check_media, skip_missing_media, skipped)
     if name == "canonical":
+        p = Path(path)
+        if not p.exists():
+            raise InputFileError(f"benchmark file not found: '{p}'", fix="check the path (relative paths start from the "
+                                 "current directory; a hub dataset id needs eval.benchmark set to its benchmark)")
+        root = Path(image_root) if image_root is not None else (p if p.is_dir() else p.parent)
+        media = _MediaPolicy(root, check_media, skip_missing_media, skipped)
         # a file, or a build-data output folder (the shards its manifest lists)
         out_records: list[Record] = []
-        for f in dataset_files(p):
+        files = dataset_files(p)
+        for f in files:
             left = None if limit is None else limit - len(out_records)
             if left == 0:
                 break
             out_records += _read_canonical(f, media, limit=left)
-        return out_records
+        return Benchmark(out_records, root, tuple(files), str(p))
+    data = resolve_data(path, subset=subset, split=split, prefer_splits=("test",), key="eval.path")
+    root = media_root(data, image_root, media_dirs=("images",) if name == "mm-rlhf-rewardbench" else ())
+    if media_dir is None:
+        media_dir = r1rm_cache() / "media" / hashlib.sha1(str(data.folder.resolve()).encode()).hexdigest()[:12]
+    media = _MediaPolicy(root, check_media, skip_missing_media, skipped, Path(media_dir), video_max_frames)
     if name == "genai-bench":
-        return _read_genai(p, media, limit=limit)
-    return _read_converted(name, p, media, limit=limit)
+        records = _read_genai(data.files, media, limit=limit)
+    else:
+        records = _read_converted(name, data.files, media, limit=limit)
+    records, root = media.one_root(records)
+    return Benchmark(records, root, data.files, data.describe())
 
 
 @dataclass
 class _MediaPolicy:
-    """Where an item's media resolve, whether they are opened, and what a bad one does."""
+    """Where an item's media resolve, where embedded / decoded media go, whether they are opened, and
+    what a bad one does."""
 
     root: Path
     check: bool
     skip_missing: bool
     skipped: list[Reject] | None
+    media_dir: Path | None = None
+    video_max_frames: int = 8
+    roots: dict = field(default_factory=dict)  # uid -> the folder its media resolve under
 
-    def keep(self, rec: Record, fr: FileRow, *, name: str | None = None, image_bytes: bytes | None = None) -> bool:
-        """Write the item's embedded image (`image_bytes`) and, with `check`, open its media: True when
-        all is well; else a DataError naming the item (`name`, default its id), or with skip_missing
-        False and the item counted in `skipped`."""
+    def keep(self, rec: Record, fr: FileRow, *, name: str | None = None, image_bytes: bytes | None = None,
+             root: Path | None = None) -> bool:
+        """Write the item's embedded image (`image_bytes`) and, with `check`, open its media (under
+        `root`, default the image root): True when all is well; else a DataError naming the item
+        (`name`, default its id), or with skip_missing False and the item counted in `skipped`."""
         name = rec.id if name is None else name
+        root = self.root if root is None else root
         try:
             if image_bytes is not None:
-                _write_cached_image(self.root / rec.images[0], image_bytes)
+                _write_cached_image(root / rec.images[0], image_bytes)
             if self.check:
-                _check_media(rec, self.root)
+                _check_media(rec, root)
         except RowError as e:
             if not self.skip_missing:
                 raise DataError(f"item '{name}': {e}", where=fr.where,
-                                fix=f"put the media under the image root '{self.root}' (or set image_root), "
-                                "or skip such items with skip_missing_media (they are counted)") from None
+                                fix=f"put the media under the image root '{self.root}' (or set eval.image_root), "
+                                "or skip such items with eval.skip_missing_media=true (they are counted)") from None
             if self.skipped is not None:
                 self.skipped.append(Reject(fr.file, fr.line, e.reason, f"item '{name}': {e}", fr.raw))
             return False
+        self.roots[rec.uid] = root
         return True
+
+    def one_root(self, records: list[Record]) -> tuple[list[Record], Path]:
+        """The records and the one folder all their media resolve under: the image root, or media_dir
+        when some items embed their images (the others' media are then linked in beside them)."""
+        if self.media_dir is None or self.media_dir not in self.roots.values():
+            return records, self.root
+        out = [rec if self.roots.get(rec.uid) == self.media_dir else _relinked(rec, self.root, self.media_dir)
+               for rec in records]
+        return out, self.media_dir
+
+
+def _relinked(rec: Record, root: Path, media_dir: Path) -> Record:
+    """`rec` with every media path under `root` hard-linked (or copied) to `media_dir`/linked/… and renamed so."""
+    import shutil
+
+    real_root = Path(os.path.realpath(root))
+
+    def move(ref: str) -> str:
+        src = resolve_path(ref, root)
+        rel = Path("linked") / src.relative_to(real_root)
+        dest = media_dir / rel
+        if src.exists() and not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                shutil.copytree(src, dest, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(src, dest)
+        return rel.as_posix()
+
+    def response(r):
+        if r.kind == "text":
+            return r
+        return dataclasses.replace(r, visual=move(r.visual) if isinstance(r.visual, str) else [move(f) for f in r.visual])
+
+    video = move(rec.video) if isinstance(rec.video, str) and rec.video else tuple(move(f) for f in rec.video or ())
+    return dataclasses.replace(rec, images=tuple(move(p) for p in rec.images), video=video,
+                               response1=response(rec.response1), response2=response(rec.response2))
+
+
+def _link_or_copy(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, dest)
 
 
 class _Uids:
@@ -252,19 +364,21 @@ class _Uids:
         return f"{base}-{n_seen}" if n_seen else base
 
 
-def _read_converted(name: str, p: Path, media: _MediaPolicy, *, limit: int | None) -> list[Record]:
+def _read_converted(name: str, files: tuple[Path, ...], media: _MediaPolicy, *, limit: int | None) -> list[Record]:
     """VL-RewardBench, Multimodal RewardBench or MM-RLHF-RewardBench rows → Records."""
     convert = {"vl-rewardbench": _vl_rewardbench, "multimodal-rewardbench": _mmrb, "mm-rlhf-rewardbench": _mm_rlhf}[name]
     out: list[Record] = []
     uids = _Uids()
     cache_names: dict[str, str] = {}
-    for fr in _iter_rows(p):
+    for fr in _iter_rows(files, name):
         if limit is not None and len(out) >= limit:
             break
+        root = media.root
         try:
             item = convert(fr.row)
             if item.image_bytes is not None:
                 item.images = [_cache_name(item, cache_names)]
+                root = media.media_dir
             fields = {
                 "id": item.id,
                 "source": name,
@@ -280,12 +394,12 @@ def _read_converted(name: str, p: Path, media: _MediaPolicy, *, limit: int | Non
             rec = parse_record(
                 {**fields, "label": 1, "category": item.category, "meta": {"group": item.id, **item.meta}}
             )
-            check_paths(rec, media.root)
+            check_paths(rec, root)
         except RowError as e:
             raise DataError(
                 str(e), where=fr.where, fix=f"correct or remove this row; a {name} row needs {_FIELDS[name]}"
             ) from None
-        if media.keep(rec, fr, image_bytes=item.image_bytes):
+        if media.keep(rec, fr, image_bytes=item.image_bytes, root=root):
             out.append(rec)
     return out
 
@@ -362,69 +476,129 @@ def _mm_rlhf(row: dict, default_category: str | None = None) -> _Item:
 
 def genai_pair(row: dict, line: int) -> tuple[dict, int | None, str]:
     """One GenAI-Bench row → (canonical fields with the two outputs as visual responses, the
-    better one (1 = left, 2 = right, None for tievote / bothbad_vote), vote_type); RowError if bad."""
+    better one (1 = left, 2 = right, None for tievote / bothbad_vote), vote_type); RowError if bad.
+    image_edition rows (instruct_prompt, source_image, left/right_output_image) show the source image
+    as context and the two edits as the responses."""
     vote = row.get("vote_type")
     if vote not in GENAI_VOTES:
         raise RowError("bad_label", f"'vote_type' must be one of {', '.join(GENAI_VOTES)}, got {_short(vote)}")
-    question = _text(row, "prompt")
-    if "left_image" in row or "right_image" in row:
-        kind, pair = "image", []
-        for key in ("left_image", "right_image"):
-            probe = _Item("", "", "", "", "")
-            _set_image(probe, row, key)
-            if probe.image_bytes is not None:
-                raise RowError("wrong_type", f"'{key}' holds embedded bytes; write the images to files and give paths")
-            if len(probe.images) != 1:
-                raise RowError("wrong_type", f"'{key}' must be one image path")
-            pair.append(probe.images[0])
+    context: list[str] = []
+    edit = "left_output_image" in row or "right_output_image" in row
+    if edit:
+        question = _text(row, "instruct_prompt")
+        context = [_genai_image(row, "source_image")]
+        kind, pair = "image", [_genai_image(row, k) for k in ("left_output_image", "right_output_image")]
+    elif "left_image" in row or "right_image" in row:
+        question = _text(row, "prompt")
+        kind, pair = "image", [_genai_image(row, k) for k in ("left_image", "right_image")]
     elif "left_video" in row or "right_video" in row:
+        question = _text(row, "prompt")
         kind, pair = "video", []
         for key in ("left_video", "right_video"):
             v = row.get(key)
             if v is None:
                 raise RowError("missing_field", f"missing field '{key}'")
-            if isinstance(v, str) and v.lower().endswith((".mp4", ".webm", ".avi", ".mov", ".mkv")):
-                raise RowError("unsupported_video", f"'{key}' is a video file ({v}); give a folder of extracted frames "
-                               "(e.g. ffmpeg -i v.mp4 frames/%04d.png)")
             if not (isinstance(v, str) and v) and not (isinstance(v, list) and v and all(isinstance(f, str) and f for f in v)):
                 raise RowError("wrong_type", f"'{key}' must be a frames folder or a list of frame paths, got {_short(v)}")
             pair.append(v)
     else:
-        raise RowError("missing_field", "missing fields 'left_image' / 'right_image' (or 'left_video' / 'right_video')")
+        raise RowError("missing_field", "missing fields 'left_image' / 'right_image' (or 'left_video' / 'right_video', "
+                                        "or image_edition's 'left_output_image' / 'right_output_image')")
     raw_id = row.get("id", row.get("index", f"line-{line}"))
     item_id = str(raw_id)
+    extra = ("left_model", "right_model", "source_prompt", "target_prompt")
     fields = {
-        "id": item_id, "source": "genai-bench", "question": question, "modality": "text", "images": [],
-        "video": [], "caption": None, "response1": {kind: pair[0]}, "response2": {kind: pair[1]},
-        "category": f"{kind}_generation", "task_type": f"{kind}_generation",
-        "meta": {"group": item_id, "vote_type": vote,
-                 **{k: row[k] for k in ("left_model", "right_model") if isinstance(row.get(k), str)}},
+        "id": item_id, "source": "genai-bench", "question": question, "modality": "image" if context else "text",
+        "images": context, "video": [], "caption": None, "response1": {kind: pair[0]}, "response2": {kind: pair[1]},
+        "category": "image_edition" if edit else f"{kind}_generation", "task_type": f"{kind}_generation",
+        "meta": {"group": item_id, "vote_type": vote, **{k: row[k] for k in extra if isinstance(row.get(k), str)}},
     }
     return fields, GENAI_VOTES[vote], vote
 
 
-def _read_genai(p: Path, media: _MediaPolicy, *, limit: int | None) -> list[Record]:
+def _genai_image(row: dict, key: str) -> str:
+    probe = _Item("", "", "", "", "")
+    _set_image(probe, row, key)
+    if probe.image_bytes is not None:  # callers write them first (place_genai_media)
+        raise RowError("wrong_type", f"'{key}' holds embedded bytes; write the images to files and give paths")
+    if len(probe.images) != 1:
+        raise RowError("wrong_type", f"'{key}' must be one image path")
+    return probe.images[0]
+
+
+def place_genai_media(row: dict, *, root: Path, media_dir: Path, max_frames: int) -> tuple[dict, bool]:
+    """A GenAI-Bench row with its outputs made files r1rm reads: embedded image bytes ({bytes, path},
+    as the released parquet holds them) written once under `media_dir`/embedded, video files (or a
+    video URL whose file sits in `root`/videos/) decoded to `max_frames` frames under
+    `media_dir`/frames (r1rm.data.video). Returns (row, True) when the outputs now resolve under
+    `media_dir`, (row, False) when they stay paths under `root`; RowError when the two outputs differ."""
+    from r1rm.data.video import frames_folder, is_video_file
+
+    row = dict(row)
+    placed = []
+    for key in GENAI_MEDIA:
+        v = row.get(key)
+        if isinstance(v, dict) and v.get("bytes"):
+            data = bytes(v["bytes"])
+            name = f"embedded/{hashlib.sha1(data).hexdigest()[:20]}.png"
+            _write_cached_image(media_dir / name, data)
+            row[key], moved = name, True
+        elif isinstance(v, dict):
+            row[key], moved = v.get("path"), False
+        elif key.endswith("video") and isinstance(v, str) and (is_video_file(v) or v.startswith(("http://", "https://"))):
+            folder = frames_folder(_video_file(v, root, key), media_dir / "frames", max_frames)
+            row[key], moved = folder.relative_to(media_dir).as_posix(), True
+        else:
+            continue
+        placed.append(moved)
+    if placed and len(set(placed)) > 1:
+        raise RowError("wrong_type", "one output is embedded (or a video file) and the other a path; give both the same way")
+    return row, bool(placed) and placed[0]
+
+
+def _video_file(value: str, root: Path, key: str) -> Path:
+    """The local file of a GenAI-Bench video: a path under `root`, or for a URL its file name in
+    `root`/videos/, `root` or `root`/videos.zip (the release lists URLs; the files are fetched separately)."""
+    if not value.startswith(("http://", "https://")):
+        return resolve_path(value, root)
+    name = PurePosixPath(value.split("?", 1)[0]).name
+    folders = [root / "videos", root]
+    if (root / "videos.zip").is_file():
+        folders.append(unzipped(root / "videos.zip"))
+    for candidate in (f / name for f in folders):
+        if candidate.is_file():
+            return candidate
+    raise RowError("missing_video", f"'{key}' is a URL ({value[:120]}); its file '{name}' is not in '{root / 'videos'}' — "
+                   "download the videos there (or set eval.image_root to their folder)")
+
+
+def _read_genai(files: tuple[Path, ...], media: _MediaPolicy, *, limit: int | None) -> list[Record]:
     out: list[Record] = []
     uids = _Uids()
-    for fr in _iter_rows(p):
+    for fr in _iter_rows(files, "genai-bench"):
         if limit is not None and len(out) >= limit:
             break
+        vote = fr.row.get("vote_type")
+        if vote in _GENAI_SKIP_REASON:  # counted, never scored: its outputs are not read
+            if media.skipped is not None:
+                item_id = fr.row.get("id", fr.row.get("index", f"line-{fr.line}"))
+                media.skipped.append(Reject(fr.file, fr.line, _GENAI_SKIP_REASON[vote], f"item '{item_id}': {vote} "
+                                            "(not decisive: counted, not scored)", fr.raw))
+            continue
         try:
-            fields, better, vote = genai_pair(fr.row, fr.line)
-            if better is None:
-                if media.skipped is not None:
-                    media.skipped.append(Reject(fr.file, fr.line, _GENAI_SKIP_REASON[vote], f"item '{fields['id']}': {vote} "
-                                                "(not decisive: counted, not scored)", fr.raw))
-                continue
+            row, moved = place_genai_media(fr.row, root=media.root, media_dir=media.media_dir,
+                                           max_frames=media.video_max_frames)
+            root = media.media_dir if moved else media.root
+            fields, better, vote = genai_pair(row, fr.line)
             if better == 2:  # response1 = the chosen output, as for every benchmark; label 1
                 fields["response1"], fields["response2"] = fields["response2"], fields["response1"]
             uid = uids.next({k: fields[k] for k in ("id", "source", "question", "response1", "response2")})
             rec = parse_record({**fields, "uid": uid, "label": 1})
-            check_paths(rec, media.root)
+            check_paths(rec, root)
         except RowError as e:
             raise DataError(str(e), where=fr.where, fix=f"correct or remove this row; a genai-bench row needs "
                                                         f"{_FIELDS['genai-bench']}") from None
-        if media.keep(rec, fr):
+        if media.keep(rec, fr, root=root):
             out.append(rec)
     return out
 
@@ -487,8 +661,8 @@ def _short(value: Any) -> str:
 
 # ---------------------------------------------------------------- embedded images
 def _cache_name(item: _Item, names: dict[str, str]) -> str:
-    """Stable cache path `.r1rm_images/<id>.png` for embedded bytes; a repeated id with other
-    bytes gets `<id>-1.png`, `<id>-2.png`, … in file order."""
+    """Stable path `embedded/<id>.png` (under the media folder) for embedded bytes; a repeated id with
+    other bytes gets `<id>-1.png`, `<id>-2.png`, … in file order."""
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", item.id).lstrip(".") or "image"
     digest = hashlib.sha1(item.image_bytes or b"").hexdigest()
     n = 0
@@ -539,17 +713,42 @@ _LINE_FIX = {"not_utf8": "re-encode the file as UTF-8", "invalid_json": "the lin
              "not_object": "one JSON object per line"}
 
 
-def _iter_rows(p: Path) -> Iterator[FileRow]:
-    """The rows of a JSONL, JSON-array or parquet file (or a folder of parquet shards); a bad line
-    or a file without rows raises DataError."""
-    n = 0
-    for fr in read_rows(p, folder_fix="point to the benchmark file"):
-        if fr.error is not None:
-            raise DataError(fr.error.brief, where=fr.where, fix=_LINE_FIX[fr.error.reason])
-        n += 1
-        yield fr
-    if n == 0:
-        raise DataError("file has no items (it is empty)", where=str(p), fix="point to the benchmark file")
+def _iter_rows(files: tuple[Path, ...], name: str) -> Iterator[FileRow]:
+    """The rows of JSONL, JSON-array or parquet files in order; a bad line, a file without rows or a
+    parquet file without one of the benchmark's columns raises DataError."""
+    for p in files:
+        n = 0
+        for fr in read_rows(p, folder_fix="point to the benchmark file"):
+            if fr.error is not None:
+                raise DataError(fr.error.brief, where=fr.where, fix=_LINE_FIX[fr.error.reason])
+            if n == 0 and p.suffix.lower() == ".parquet":
+                _check_columns(name, fr.row, p)
+            n += 1
+            yield fr
+        if n == 0:
+            raise DataError("file has no items (it is empty)", where=str(p), fix="point to the benchmark file")
+
+
+# the columns a parquet file of each benchmark must have: every group needs one of its alternatives
+_COLUMNS: dict[str, list[list[tuple[str, ...]]]] = {
+    "vl-rewardbench": [[("id",)], [("query", "response", "human_ranking"), ("prompt", "chosen", "rejected")], [("image",)]],
+    "multimodal-rewardbench": [[("ID", "Text", "Image", "Output1", "Output2", "Better")]],
+    "mm-rlhf-rewardbench": [[("id", "prompt", "chosen", "rejected")], [("image",), ("video",)]],
+    "genai-bench": [[("vote_type",)], [("prompt", "left_image", "right_image"), ("prompt", "left_video", "right_video"),
+                                      ("instruct_prompt", "source_image", "left_output_image", "right_output_image")]],
+}
+
+
+def _check_columns(name: str, row: dict, p: Path) -> None:
+    for group in _COLUMNS.get(name, []):
+        if any(all(c in row for c in alt) for alt in group):
+            continue
+        best = min(group, key=lambda alt: sum(c not in row for c in alt))
+        missing = [c for c in best if c not in row]
+        raise DataError(
+            f"{name}: column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} missing; the file has "
+            f"{', '.join(sorted(row))}", where=str(p),
+            fix=f"is eval.benchmark right? a {name} file needs {_FIELDS[name]} (or pick another subset / split)")
 
 
 # ---------------------------------------------------------------- canonical

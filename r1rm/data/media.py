@@ -49,7 +49,9 @@ def resolve_path(path: str, root: str | os.PathLike) -> Path:
     if os.path.commonpath([root_real, full]) != root_real:
         raise RowError(
             "path_escapes_root",
-            f"path '{path}' resolves outside the image root '{root_real}'; keep media under the root or set data.image_root",
+            f"path '{path}' resolves outside the image root '{root_real}'; keep media under the root or point the root "
+            "elsewhere (eval: eval.image_root; sft / rl: data.image_root; build-data: build.sources[].image_root; "
+            "check-data: --image-root)",
         )
     return Path(full)
 
@@ -190,6 +192,9 @@ class MediaBudget:
     min_pixels: int | None = None
     max_pixels: int | None = None
     video_max_frames: int | None = None
+    # sides are rounded to multiples of this: the processor's patch x merge (Qwen2/2.5-VL 28, Qwen3-VL 32;
+    # 1 for tiling processors, InternVL / LLaVA-OneVision, which cut their own tiles; `budget_factor`)
+    factor: int = PATCH_FACTOR
 
 
 def open_rgb(image: Any):
@@ -224,13 +229,22 @@ def resize_like_processor(img, height: int, width: int):
     return tvF.to_pil_image(out)
 
 
-def fit_image(image: Any, *, min_pixels: int | None, max_pixels: int | None):
-    """`image` decoded (`open_rgb`) and resized as the processor would with these bounds (None: no bound)."""
+def budget_factor(processor) -> int:
+    """The side multiple a processor resizes images to: patch x merge for Qwen-style processors (28, or 32
+    for Qwen3-VL), 1 for any other (tiling processors cut their own tiles: r1rm only bounds the area)."""
+    sub = getattr(processor, "image_processor", None)
+    patch, merge = getattr(sub, "patch_size", None), getattr(sub, "merge_size", None)
+    return int(patch) * int(merge) if isinstance(patch, int) and isinstance(merge, int) else 1
+
+
+def fit_image(image: Any, *, min_pixels: int | None, max_pixels: int | None, factor: int = PATCH_FACTOR):
+    """`image` decoded (`open_rgb`) and resized as the processor would with these bounds (None: no bound),
+    sides multiples of `factor`."""
     img = open_rgb(image)
     if min_pixels is None and max_pixels is None:
         return img
     try:
-        h, w = smart_resize(img.height, img.width, factor=PATCH_FACTOR, min_pixels=min_pixels or 1,
+        h, w = smart_resize(img.height, img.width, factor=factor, min_pixels=min_pixels or 1,
                             max_pixels=max_pixels or 10**12)
     except RowError as e:
         raise InputFileError(f"image {img.width}x{img.height}: {e}", fix="crop or drop the image") from None
@@ -279,9 +293,10 @@ def _fit_part(p: Any) -> Any:
     return q
 
 
-def video_frame_list(video: Any) -> list:
-    """The frames of a video part: its list of frames, or the image files of a frames folder in natural
-    order; InputFileError for anything else (a video file: extract its frames into a folder)."""
+def video_frame_list(video: Any, max_frames: int | None = None) -> list:
+    """The frames of a video part: its list of frames, the image files of a frames folder in natural
+    order, or a video file's frames decoded with PyAV (r1rm.data.video; `max_frames` spread uniformly,
+    else all); InputFileError for anything else."""
     if isinstance(video, list | tuple):
         return list(video)
     folder = Path(video)
@@ -289,9 +304,16 @@ def video_frame_list(video: Any) -> list:
         frames = list_frames(folder)
         if frames:
             return frames
+    from r1rm.data.video import decode_frames, is_video_file
+
+    if is_video_file(video) and folder.is_file():
+        try:
+            return decode_frames(folder, max_frames)
+        except RowError as e:
+            raise InputFileError(str(e), fix="check the video file (PyAV / FFmpeg must be able to decode it)") from None
     raise InputFileError(
-        f"video '{video}' is not a list of frames or a folder of frame images",
-        fix="extract the video's frames into a folder (engines take frames, not video files)",
+        f"video '{video}' is not a list of frames, a folder of frame images or a video file",
+        fix="give the frames (a list or a folder) or a video file (.mp4, .webm, .mov, ...)",
     )
 
 
@@ -308,7 +330,7 @@ def prepare_visuals(messages: list[dict], budget: MediaBudget) -> list[dict]:
     def fit(value: Any, share: int | None):
         if share is not None:
             value = _fit_one(value, share)
-        return fit_image(value, min_pixels=budget.min_pixels, max_pixels=budget.max_pixels)
+        return fit_image(value, min_pixels=budget.min_pixels, max_pixels=budget.max_pixels, factor=budget.factor)
 
     def part_fn(p: Any) -> Any:
         if not isinstance(p, dict):

@@ -200,6 +200,10 @@ def parse_record(row: Any, *, require_label: bool = True) -> Record:
         k = unknown[0]
         close = difflib.get_close_matches(k, FIELDS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else "; put extra data under 'meta'"
+        if {"chosen", "rejected"} & set(row) or "prompt" in row:
+            hint = (f"; a {{{', '.join(k for k in ('prompt', 'question', 'chosen', 'rejected') if k in row)}}} row is not "
+                    "canonical ({question, response1, response2, label}): convert the file with `r1rm build-data`, "
+                    "a source with `format: jsonl` reads prompt / chosen / rejected as they are (`fields` maps other names)")
         raise RowError("unknown_field", f"unknown field '{k}'{hint}")
     for key in REQUIRED:
         if row.get(key) is None and (require_label or key != "label"):

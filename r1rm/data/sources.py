@@ -58,8 +58,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r1rm.data.benchmarks import convert_row, genai_pair
+from r1rm.data.benchmarks import GENAI_MEDIA, convert_row, genai_pair, place_genai_media
 from r1rm.data.files import RAW_CHARS, FileRow, RowError, json_fallback, jsonl_rows, read_rows, write_bytes_atomic
+from r1rm.data.hub import is_hub_id, media_root, resolve_data
 from r1rm.data.media import sniff_image
 from r1rm.data.records import dataset_files
 from r1rm.errors import ConfigError, DataError, InputFileError, where
@@ -77,6 +78,8 @@ GENERIC_FIELDS: dict[str, list[str]] = {
     "caption": ["caption"],
     "category": ["category"],
 }
+# frames kept from each GenAI-Bench video file (its harness samples 16); training samples model.video_max_frames of them
+GENAI_VIDEO_FRAMES = 16
 TEXT_PREF_FIELDS: dict[str, list[str]] = {
     "id": ["id"],
     "question": ["context"],
@@ -115,6 +118,16 @@ def _expand(src: Any) -> list[Path]:
             )
         out.append(p)
     return out
+
+
+def check_source_paths(src: Any) -> None:
+    """InputFileError for a path of source `src` that does not exist (build-data checks every
+    source before it makes output_dir); a synthetic source has none."""
+    if src.format in ("canonical", "hf_disk"):
+        _expand(src)
+    elif src.format != "synthetic":
+        for _ in _source_files(src, src.format):  # a hub id, snapshot folder, parquet folder or file
+            pass
 
 
 def _iter_hf_disk(p: Path, split: str | None) -> Iterator[FileRow]:
@@ -414,27 +427,23 @@ def _text_pref(row: dict, src: Any, media: _Media, loc_id: str) -> tuple[dict, P
 
 def _genai(row: dict, src: Any, media: _Media, line: int) -> tuple[dict, Path]:
     row = dict(row)
-    embedded = 0
-    for key in ("left_image", "right_image"):
+    for key in GENAI_MEDIA:
         v = row.get(key)
-        if isinstance(v, dict) and v.get("bytes"):
-            row[key] = store_bytes(bytes(v["bytes"]), media.media_dir)
-            embedded += 1
-        elif isinstance(v, dict) and isinstance(v.get("path"), str):
+        if isinstance(v, dict) and not v.get("bytes") and isinstance(v.get("path"), str):
             row[key] = media.path(v["path"])
-        elif isinstance(v, str):
+        elif isinstance(v, str) and not v.startswith(("http://", "https://")):
             row[key] = media.path(v)
-    if embedded == 1:
-        raise RowError("wrong_type", "one output is embedded image bytes and the other a path; give both the same way")
+    vote = row.get("vote_type")
+    if vote in ("tievote", "bothbad_vote"):  # no better output: its media are never read
+        raise RowError("tie" if vote == "tievote" else "both_bad", f"vote_type {vote}: no better output (dropped and counted)")
+    # embedded bytes → files, video files → frames folders, both under the run's media folder
+    row, moved = place_genai_media(row, root=media.root, media_dir=media.media_dir, max_frames=GENAI_VIDEO_FRAMES)
     fields, better, vote = genai_pair(row, line)
-    if better is None:
-        raise RowError("tie" if vote == "tievote" else "both_bad",
-                       f"vote_type {vote}: no better output (dropped and counted)")
     fields["label"] = better
     fields["meta"].pop("group", None)
     if src.category:
         fields["category"] = src.category
-    return fields, (media.media_dir if embedded else media.root)
+    return fields, (media.media_dir if moved else media.root)
 
 
 # ---------------------------------------------------------------- the stream
@@ -468,14 +477,10 @@ def _rows(src: Any, *, work_dir: Path, media_dir: Path, seed: int) -> Iterator[S
         return
     allowed, required = _FIELD_RULES.get(fmt, ({}, []))
     _unknown_field_keys(src, allowed)
-    for p in _expand(src):
-        rows = _iter_hf_disk(p, src.split) if fmt == "hf_disk" else read_rows(p, folder_fix="point the source at its files")
+    for rows, data_root in _source_files(src, fmt):
         first = True
         for fr in rows:
-            if src.image_root:
-                root = Path(src.image_root)
-            else:
-                root = p if fmt == "hf_disk" else Path(fr.file).parent
+            root = Path(src.image_root) if src.image_root else data_root
             if fr.row is not None and first and required:
                 _check_fields(src, fr.row, required, where(fr.file, fr.line), allowed)
             if fr.row is not None:
@@ -487,6 +492,26 @@ def _rows(src: Any, *, work_dir: Path, media_dir: Path, seed: int) -> Iterator[S
                 except RowError as e:
                     sr.error = e
             yield sr
+
+
+def _source_files(src: Any, fmt: str) -> Iterator[tuple[Iterator[FileRow], Path]]:
+    """(its rows, the folder its media resolve against) per file of the source: an hf_disk folder,
+    or a file / parquet folder / hub snapshot folder / hub dataset id (r1rm.data.hub; subset, split)."""
+    paths = [src.path] if isinstance(src.path, str) else list(src.path or [])
+    if fmt == "hf_disk":
+        for p in _expand(src):
+            yield _iter_hf_disk(p, src.split), p
+        return
+    for i, path in enumerate(paths):
+        key = f"build.sources[{src.name}].path" + (f"[{i}]" if len(paths) > 1 else "")
+        if not is_hub_id(str(path)) and not Path(path).exists():
+            raise InputFileError(f"source '{src.name}': path not found: '{path}'",
+                                 fix="check build.sources[].path (relative paths start from the current directory; "
+                                     "a hub dataset id is ORG/NAME)")
+        data = resolve_data(path, subset=src.subset, split=src.split, prefer_splits=("train",), key=key)
+        root = media_root(data, None, media_dirs=("images",) if fmt == "mm-rlhf" else ())
+        for f in data.files:
+            yield read_rows(f, folder_fix="point the source at its files"), root
 
 
 # the field names a format maps (defaults), and the fields the first row must have (any of each list)

@@ -21,7 +21,7 @@ from r1rm.errors import ConfigError
 if TYPE_CHECKING:
     from r1rm.config import Config
 
-__all__ = ["Engine", "Request", "Sample", "SamplingParams", "make_engine", "media_budget", "sampling_from_config"]
+__all__ = ["Engine", "Request", "Sample", "SamplingParams", "check_engine", "make_engine", "media_budget", "sampling_from_config"]
 
 
 def media_budget(cfg: Config):
@@ -45,36 +45,43 @@ def sampling_from_config(cfg: Config) -> SamplingParams:
     )
 
 
-def make_engine(cfg: Config, *, model=None, processor=None) -> Engine:
-    """The engine `cfg.engine.kind` names; hf reuses `model`/`processor` when given."""
+def check_engine(cfg: Config) -> None:
+    """The checks `make_engine` would fail on, without loading weights or calling an endpoint:
+    commands run it before they create output_dir, so a failed start leaves no folder behind."""
     e = cfg.engine
-    if e.kind == "hf":
-        from r1rm.engines.hf import HFEngine
-        from r1rm.models.loading import load_model, load_processor, resolve_device
+    if e.kind in ("hf", "vllm"):
+        from r1rm.models.loading import check_model, hub_kwargs
 
-        if processor is None:
-            processor = load_processor(cfg.model.path, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
-        if model is None:
-            model = load_model(
-                cfg.model.path,
-                dtype=cfg.model.dtype,
-                device=resolve_device(cfg.runtime.device),
-                attn_implementation=cfg.model.attn_implementation,
-            )
-        return HFEngine(model, processor, batch_size=e.batch_size, share_prefill=e.share_prefill,
-                        media=media_budget(cfg))
-    if e.kind == "openai":
+        check_model(cfg.model.path, **hub_kwargs(cfg.model))
+    elif e.kind == "openai":
         if not e.base_url:
             raise ConfigError(
                 "engine.kind=openai needs an endpoint but engine.base_url is not set",
                 fix="set engine.base_url=http://HOST:PORT/v1 (e.g. a `vllm serve` endpoint)",
             )
-        name = e.model_name or cfg.model.path
-        if not name:
+        if not (e.model_name or cfg.model.path):
             raise ConfigError(
                 "engine.kind=openai needs a model name: engine.model_name and model.path are both empty",
                 fix="set engine.model_name to the name the endpoint serves",
             )
+
+
+def make_engine(cfg: Config, *, model=None, processor=None) -> Engine:
+    """The engine `cfg.engine.kind` names; hf reuses `model`/`processor` when given."""
+    e = cfg.engine
+    if e.kind == "hf":
+        from r1rm.engines.hf import HFEngine
+        from r1rm.models.loading import load_model_for, load_processor_for, resolve_device
+
+        if processor is None:
+            processor = load_processor_for(cfg.model)
+        if model is None:
+            model = load_model_for(cfg.model, device=resolve_device(cfg.runtime.device))
+        return HFEngine(model, processor, batch_size=e.batch_size, share_prefill=e.share_prefill,
+                        media=media_budget(cfg))
+    if e.kind == "openai":
+        check_engine(cfg)
+        name = e.model_name or cfg.model.path
         from r1rm.engines.openai_client import OpenAIEngine
 
         return OpenAIEngine(
@@ -87,6 +94,7 @@ def make_engine(cfg: Config, *, model=None, processor=None) -> Engine:
             requests_per_minute=e.requests_per_minute,
             media=media_budget(cfg),
             video_as=e.video_as,
+            api_key_env=e.api_key_env,
         )
     if e.kind == "vllm":
         from r1rm.engines.vllm import VLLMEngine
@@ -98,5 +106,7 @@ def make_engine(cfg: Config, *, model=None, processor=None) -> Engine:
             dtype=cfg.model.dtype,
             seed=cfg.seed,
             media=media_budget(cfg),
+            revision=cfg.model.revision,
+            trust_remote_code=cfg.model.trust_remote_code,
         )
     raise ConfigError(f"unknown engine.kind '{e.kind}'", fix="use one of: hf, vllm, openai")

@@ -13,7 +13,8 @@ checkpoint's config (`GenerationMixin._prepare_generation_config`).
   copies (greedy decoding is deterministic; sampling is off, so no diversity is invented).
 - temperature > 0: sampling with temperature/top_p/top_k, n samples per request. With n > 1
   the prompt is prefilled ONCE per request and its KV cache copied to the n rows
-  (`share_prefill`, default on): `generate` then continues from the cache, so the prompt's
+  (`share_prefill`, default on; on only for a family of r1rm.models.families tested equal to the plain
+  forward, else off with one line on stderr and in `engine.speedups`): `generate` then continues from the cache, so the prompt's
   forward runs once instead of n times (RL's n samples per prompt: at group 4 a quarter of
   the prefill). The prefill uses generate's own position ids
   (`_prepare_position_ids_for_generation`: left padding, Qwen's 3-D mrope positions and the
@@ -54,6 +55,7 @@ which then has nothing left to resize (it is bounded by the same pixels, `load_p
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,7 +64,7 @@ from PIL import Image
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from r1rm.core.choice import CHOICES, choice_probs_at_answer
-from r1rm.data.media import MediaBudget, fit_visuals, map_parts, prepare_visuals
+from r1rm.data.media import MediaBudget, budget_factor, fit_visuals, map_parts, prepare_visuals
 from r1rm.engines.base import ProgressFn, Request, Sample, SamplingParams
 from r1rm.errors import InputFileError
 from r1rm.models.prefill import cache_kwarg, prefill_repeated
@@ -223,7 +225,29 @@ class _Pieces(Sequence):
         return self._cache[i]
 
 
-VISION_PLACEHOLDERS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
+# every family's (r1rm.models.families): Qwen-VL, InternVL, LLaVA-OneVision
+VISION_PLACEHOLDERS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+                       "<IMG_CONTEXT>", "<img>", "</img>", "<video>", "<image>")
+
+
+def shared_prefill_allowed(model) -> tuple[bool, str]:
+    """(whether the model's family has shared prefill tested equal to the plain forward, the state for logs)."""
+    from r1rm.models.families import speedups
+
+    state = speedups(model)["shared_prefill"]
+    return state == "on", state
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(line: str) -> None:
+    """A line on stderr, once per process (a switched-off speed-up)."""
+    import sys
+
+    if line not in _SAID:
+        _SAID.add(line)
+        print(line, file=sys.stderr)
 
 
 class HFEngine:
@@ -241,9 +265,15 @@ class HFEngine:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = batch_size
-        self.share_prefill = share_prefill
-        # the run's budget for images and video frames (None: the processor's own, shares only)
-        self.media = media
+        # the prompt prefilled once for n samples only where the family is tested equal (else off, said once)
+        allowed, state = shared_prefill_allowed(model)
+        self.share_prefill = share_prefill and allowed
+        self.speedups = {"shared_prefill": state if share_prefill else "off (engine.share_prefill=false)"}
+        if share_prefill and not allowed:
+            _say_once(f"engine: shared prefill {state}")
+        # the run's budget for images and video frames (None: the processor's own, shares only), its
+        # sides rounded as this processor rounds them (Qwen3-VL: 32; tiling processors: area only)
+        self.media = media if media is None else dataclasses.replace(media, factor=budget_factor(processor))
         self.device = next(model.parameters()).device
         self.choice_ids = _single_token_ids(self.tokenizer, CHOICES)
         eos = getattr(model.generation_config, "eos_token_id", None)
@@ -253,7 +283,8 @@ class HFEngine:
         # a generated vision placeholder would be read back as an image slot with no image
         # ("image features and image tokens do not match"): the model may never emit one
         vocab = self.tokenizer.get_vocab()
-        self.suppress_ids = [vocab[t] for t in VISION_PLACEHOLDERS if t in vocab]
+        own = [getattr(processor, k, None) for k in ("image_token", "video_token")]
+        self.suppress_ids = sorted({vocab[t] for t in (*VISION_PLACEHOLDERS, *own) if t in vocab})
 
     # ------------------------------------------------------------------ generation
     def generate(

@@ -21,7 +21,9 @@ The only r1rm module that imports `openai` (lazily, in `OpenAIEngine.__init__`).
   The client is built with `max_retries=0` and r1rm retries itself, so every retry is
   counted: on connection errors, timeouts, HTTP 408/429 and 5xx, up to `max_retries`
   times, sleeping `backoff_s * 2**attempt` in between. Other errors (e.g. 400) are not
-  retried.
+  retried. HTTP 401 / 403 (the key) and 404 (the URL or the model name) fail every request
+  alike and no rerun cures them: the first one stops the run at once with a ConfigError
+  (exit 2) naming the endpoint, the status and the setting to change (`endpoint_error`).
 - A request that still fails gives `n` samples with empty text, finished=False and
   `error="<kind>: <message>"` (kinds: timeout, connection, http_<status>, bad_response) —
   never an exception, never an invented answer. So does a garbage response (not JSON,
@@ -58,7 +60,7 @@ from typing import Any
 from r1rm.core.choice import choice_probs_from_logprobs, find_answer_position
 from r1rm.data.media import VIDEO_FPS, MediaBudget, prepare_visuals, sniff_image, video_frame_list
 from r1rm.engines.base import ProgressFn, Request, Sample, SamplingParams
-from r1rm.errors import InputFileError, MissingDependencyError
+from r1rm.errors import ConfigError, InputFileError, MissingDependencyError
 
 TOP_LOGPROBS = 5
 # image formats an endpoint takes as they are; any other image is sent re-encoded as PNG
@@ -230,6 +232,32 @@ def samples_from_completion(completion: Any, n: int) -> tuple[list[Sample], bool
     return samples, ok
 
 
+# ---------------------------------------------------------------- errors that stop the run
+# statuses that every request of the run would get alike: a wrong key, a wrong URL or model name
+FATAL_STATUSES = (401, 403, 404)
+
+
+def endpoint_error(status: int, message: str, *, base_url: str, model: str, key_env: str | None,
+                   key_set: bool, settings: str = "engine") -> ConfigError:
+    """The error for a FATAL_STATUSES reply: what the endpoint said and which setting fixes it.
+
+    `key_env`: the environment variable the key was read from (`key_set`: whether it was set);
+    `settings`: the config section the endpoint's keys live in (engine, rl.consistency)."""
+    said = f"HTTP {status}: {_short(message, 200)}"
+    if status in (401, 403):
+        var = key_env or "OPENAI_API_KEY"
+        sent = f"the key in ${var}" if key_set else f"no key (${var} is not set; r1rm sent the placeholder 'EMPTY')"
+        what = (f"the endpoint {base_url} refused {sent} ({said})" if status == 401 else
+                f"the endpoint {base_url} denies {sent} access to model '{model}' ({said})")
+        return ConfigError(what, fix=f"export {var}=<a key this endpoint accepts> (or name another variable in "
+                                     f"{settings}.api_key_env), then rerun")
+    return ConfigError(
+        f"the endpoint {base_url} has no model '{model}' or no chat completions route ({said})",
+        fix=f"check {settings}.base_url (an OpenAI-compatible server's URL ends in /v1) and {settings}.model_name "
+            f"(GET {base_url.rstrip('/')}/models lists the names it serves)",
+    )
+
+
 # ---------------------------------------------------------------- rate limit
 class RateLimiter:
     """At most `rpm` starts per minute: each `acquire` waits until 60/rpm s after the previous start."""
@@ -278,6 +306,8 @@ class OpenAIEngine:
         requests_per_minute: float | None = None,
         media: MediaBudget | None = None,
         video_as: str = "video",
+        api_key_env: str | None = None,
+        settings: str = "engine",
     ):
         if video_as not in ("video", "frames"):
             raise ValueError(f"video_as must be 'video' or 'frames', got {video_as!r}")
@@ -296,7 +326,11 @@ class OpenAIEngine:
         self.video_as = video_as
         # retries are r1rm's (counted), not the client's
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=0, timeout=timeout_s)
+        # for the message of a refused key: where the key came from, and the config section to fix
+        self.api_key_env, self.key_set, self.settings = api_key_env, bool(api_key and api_key != "EMPTY"), settings
         self._lock = threading.Lock()
+        # set by the first refused key / unknown model: no request starts after it
+        self._refused = threading.Event()
         self.n_requests = 0
         self.n_retries = 0
         self.n_failures = 0
@@ -306,12 +340,18 @@ class OpenAIEngine:
     ) -> list[list[Sample]]:
         """`params.n` samples per request, in request order. `progress(k)`: k more requests done."""
         results: list[list[Sample] | None] = [None] * len(requests)
+        self._refused.clear()
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="r1rm-openai") as pool:
             futures = {pool.submit(self._one, r.messages, params): i for i, r in enumerate(requests)}
-            for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
-                if progress is not None:
-                    progress(1)
+            try:
+                for fut in as_completed(futures):
+                    results[futures[fut]] = fut.result()
+                    if progress is not None:
+                        progress(1)
+            except BaseException:
+                # a refused key / unknown model (or Ctrl-C): the queued requests are not sent
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
         return results  # type: ignore[return-value]
 
     def _body(self, messages: list[dict], params: SamplingParams) -> dict:
@@ -344,6 +384,8 @@ class OpenAIEngine:
     def _one(self, messages: list[dict], params: SamplingParams) -> list[Sample]:
         """All attempts for one request → its samples (errors become error samples)."""
         body = self._body(messages, params)
+        if self._refused.is_set():
+            return [Sample(text="", finished=False, error="not sent: the endpoint refused the run") for _ in range(params.n)]
         with self._lock:
             self.n_requests += 1
         error = ""
@@ -357,6 +399,10 @@ class OpenAIEngine:
             try:
                 completion = self.client.chat.completions.create(**body, timeout=self.timeout_s)
             except self._openai.OpenAIError as e:
+                if isinstance(e, self._openai.APIStatusError) and e.status_code in FATAL_STATUSES:
+                    self._refused.set()
+                    raise endpoint_error(e.status_code, e.message, base_url=self.base_url, model=self.model_name,
+                                         key_env=self.api_key_env, key_set=self.key_set, settings=self.settings) from None
                 error, retry = self._classify(e)
                 if retry:
                     continue

@@ -224,6 +224,8 @@ class VLLMEngine:
         enable_sleep_mode: bool = False,
         media: MediaBudget | None = None,
         colocated: bool = False,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
     ):
         """`colocated`: an RL rollout engine, one in each training process (`placement_kwargs`), kept in
         this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so that `load_weights` reaches its model.
@@ -242,6 +244,9 @@ class VLLMEngine:
             dtype=dtype,
             seed=seed,
             enable_sleep_mode=enable_sleep_mode and _sleep_mode_available(),
+            # model.revision / model.trust_remote_code, as every transformers load of r1rm passes them
+            revision=revision,
+            trust_remote_code=trust_remote_code,
         )
         self.colocated = colocated
         if colocated:

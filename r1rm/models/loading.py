@@ -1,7 +1,9 @@
 """Loading a chat VLM and its processor: device and dtype choice, pixel bounds, clear errors.
 
 Any model loadable by `AutoModelForImageTextToText` + `AutoProcessor` works (Qwen2-VL,
-Qwen2.5-VL, Qwen3-VL, InternVL, ...). A path that does not load is a user error
+Qwen2.5-VL, Qwen3-VL, InternVL, LLaVA-OneVision, ...; r1rm.models.families). Every from_pretrained
+of r1rm is here, and passes model.revision and model.trust_remote_code (`hub_kwargs`); commands load
+through `load_model_for` / `load_processor_for`. A path that does not load is a user error
 (ModelLoadError, exit code 2) that names the path and says what to check.
 """
 
@@ -49,22 +51,52 @@ def _check_path(path: str) -> None:
         )
 
 
-def load_processor(path: str, *, min_pixels: int | None = None, max_pixels: int | None = None):
-    """AutoProcessor with the recipe's pixel bounds applied to Qwen-style image and video processors
-    (a video frame is bounded like an image: r1rm.data.media.prepare_visuals, every engine's preprocessing)."""
+def check_model(path: str, **hub) -> None:
+    """Fail before a run writes anything when `path` is no loadable checkpoint: only its config is
+    read (a local folder, or a hub id in the cache; `hub`: revision, trust_remote_code), no weights."""
+    from transformers import AutoConfig
+
+    _check_path(path)
+    try:
+        AutoConfig.from_pretrained(path, **{k: v for k, v in hub.items() if v is not None})
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load a model config from '{path}': {e}",
+                             fix="check model.path (a checkpoint folder, or a hub id already in the cache when offline)") from None
+
+
+def model_config(mcfg):
+    """The transformers config of model.path (config.json only, no weights); None when it does not load
+    (the model load then says why)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(mcfg.path, **hub_kwargs(mcfg))
+    except (OSError, ValueError):
+        return None
+
+
+def hub_kwargs(mcfg=None, *, revision: str | None = None, trust_remote_code: bool = False) -> dict:
+    """The keywords every from_pretrained of r1rm passes: model.revision and model.trust_remote_code
+    (from the config's model section `mcfg`, or given one by one)."""
+    if mcfg is not None:
+        revision, trust_remote_code = mcfg.revision, mcfg.trust_remote_code
+    kw: dict = {"trust_remote_code": bool(trust_remote_code)}
+    if revision:
+        kw["revision"] = revision
+    return kw
+
+
+def load_processor(path: str, *, min_pixels: int | None = None, max_pixels: int | None = None,
+                   video_max_frames: int | None = None, revision: str | None = None, trust_remote_code: bool = False):
+    """AutoProcessor with the recipe's pixel bounds mapped onto the family's processor (`apply_budget`).
+    (A video frame is bounded like an image: r1rm.data.media.prepare_visuals, every engine's preprocessing.)"""
     from transformers import AutoProcessor
 
     _check_path(path)
     try:
-        processor = AutoProcessor.from_pretrained(path)
-        for name in ("image_processor", "video_processor"):
-            sub = getattr(processor, name, None)
-            size = getattr(sub, "size", None)
-            if size is not None and hasattr(size, "longest_edge") and (min_pixels or max_pixels):
-                # Qwen-style processors bound the pixel area by size = {shortest_edge, longest_edge}
-                bounds = {**dict(size), "shortest_edge": min_pixels or size.shortest_edge,
-                          "longest_edge": max_pixels or size.longest_edge}
-                sub.size = type(size)(**bounds)
+        processor = AutoProcessor.from_pretrained(path, **hub_kwargs(revision=revision,
+                                                                     trust_remote_code=trust_remote_code))
+        apply_budget(processor, min_pixels=min_pixels, max_pixels=max_pixels, video_max_frames=video_max_frames)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load the processor from '{path}': {e}", fix="check model.path") from None
     tok = getattr(processor, "tokenizer", processor)
@@ -73,21 +105,79 @@ def load_processor(path: str, *, min_pixels: int | None = None, max_pixels: int 
     return processor
 
 
-def load_model(path: str, *, dtype: str = "auto", device: str = "auto", attn_implementation: str | None = None):
+def apply_budget(processor, *, min_pixels: int | None, max_pixels: int | None, video_max_frames: int | None = None):
+    """Map model.min_pixels / max_pixels onto the processor's own knobs, per family:
+
+    - Qwen2-VL / Qwen2.5-VL (size = {shortest_edge, longest_edge} as pixel areas): images and each video
+      frame get [min_pixels, max_pixels];
+    - Qwen3-VL: the image processor as above; its video processor's longest_edge bounds ALL frames of a
+      clip together (t x h x w), so it gets max_pixels x (video_max_frames + 1) (the +1: frames are
+      padded to an even count) — max_pixels alone squeezed an 8-frame clip to an eighth of the budget —
+      and it takes the frames as given (do_sample_frames off: r1rm sampled them already);
+    - tiled processors (InternVL's GotOcr2, crop_to_patches): max_patches = max_pixels // tile area
+      (at least 1), the tiles the image may be cut into besides the thumbnail;
+    - anything else (LLaVA-OneVision's anyres grid, fixed-size towers): the processor's own sizes; the
+      image it receives is already within [min_pixels, max_pixels] (r1rm.data.media.prepare_visuals)."""
+    video = getattr(processor, "video_processor", None)
+    if type(video).__name__.startswith("Qwen3VL"):
+        # r1rm hands over the frames it sampled (model.video_max_frames); Qwen3-VL's processor would
+        # sample them again at 2 fps of an assumed 24 fps clip (8 frames -> 2). The per-frame cap is
+        # qwen-vl-utils' behaviour, set so transformers stops warning about it.
+        video.do_sample_frames = False
+        if video.cap_pixels_per_frame is None:
+            video.cap_pixels_per_frame = True
+    if not (min_pixels or max_pixels):
+        return
+    for name in ("image_processor", "video_processor"):
+        sub = getattr(processor, name, None)
+        size = getattr(sub, "size", None)
+        if size is not None and getattr(size, "longest_edge", None):
+            # Qwen-style processors bound the pixel area by size = {shortest_edge, longest_edge}
+            lo, hi = min_pixels or size.shortest_edge, max_pixels or size.longest_edge
+            if name == "video_processor" and type(sub).__name__.startswith("Qwen3VL") and max_pixels:
+                hi = max_pixels * ((video_max_frames or sub.max_frames or 1) + 1)
+            sub.size = type(size)(**{**dict(size), "shortest_edge": lo, "longest_edge": hi})
+        elif name == "image_processor" and getattr(sub, "crop_to_patches", False) and max_pixels:
+            tile = int(size.height) * int(size.width)
+            sub.max_patches = max(1, max_pixels // tile)
+            sub.min_patches = min(getattr(sub, "min_patches", 1), sub.max_patches)
+
+
+def load_model(path: str, *, dtype: str = "auto", device: str = "auto", attn_implementation: str | None = None,
+               revision: str | None = None, trust_remote_code: bool = False):
     """AutoModelForImageTextToText on the resolved device and dtype, in eval mode."""
     from transformers import AutoModelForImageTextToText
 
+    from r1rm.runtime.progress import hf_bars_off
+
     _check_path(path)
+    hf_bars_off()  # "Loading weights" (and later "Writing model shards") would print into r1rm's bars
     dev = resolve_device(device)
-    kwargs = {"dtype": resolve_dtype(dtype, dev)}
+    kwargs = {"dtype": resolve_dtype(dtype, dev), **hub_kwargs(revision=revision, trust_remote_code=trust_remote_code)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot load a vision-language model from '{path}': {e}", fix="check model.path") from None
+        raise ModelLoadError(f"cannot load a vision-language model from '{path}': {e}",
+                             fix="check model.path (and model.revision; a family transformers lacks natively "
+                                 "needs model.trust_remote_code=true)") from None
     _keep_used_conversions(model)
     return model.to(dev).eval()
+
+
+def load_processor_for(mcfg):
+    """load_processor with the config's model section: pixel bounds, video frames, revision, remote code."""
+    return load_processor(mcfg.path, min_pixels=mcfg.min_pixels, max_pixels=mcfg.max_pixels,
+                          video_max_frames=mcfg.video_max_frames, revision=mcfg.revision,
+                          trust_remote_code=mcfg.trust_remote_code)
+
+
+def load_model_for(mcfg, *, device: str = "auto", dtype: str | None = None):
+    """load_model with the config's model section: dtype, attention kernel, revision, remote code."""
+    return load_model(mcfg.path, dtype=dtype or mcfg.dtype, device=device,
+                      attn_implementation=mcfg.attn_implementation, revision=mcfg.revision,
+                      trust_remote_code=mcfg.trust_remote_code)
 
 
 def _keep_used_conversions(model) -> None:

@@ -13,6 +13,11 @@ they built themselves, so the transformers internals they rely on live here only
   forward takes it under the same name;
 - the rope deltas are repeated with the cache, so generate's decode steps (and rl's response
   positions) see one delta per row.
+
+Families without mrope (InternVL, LLaVA-OneVision) get plain 1-D positions from the same rule and
+keep no rope deltas. Callers use these functions only for a family of r1rm.models.families whose
+results are tested equal to the plain forward (tests/integration/test_families.py); others run with
+them off (r1rm.models.families.speedups).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""A tiny, randomly initialised Qwen2.5-VL (or Qwen2-VL) checkpoint built entirely offline.
+"""A tiny, randomly initialised VLM checkpoint built entirely offline: Qwen2.5-VL (default), Qwen2-VL,
+Qwen3-VL, InternVL3.5 (transformers-native, Qwen3 text model) or LLaVA-OneVision (`family`;
+r1rm.models.families says what r1rm supports of each, docs/models.md what each replica keeps).
+The Qwen2.5-VL one is described below; the others share its tokenizer (plus their own image tokens),
+widths and ChatML turns, with their family's processor classes, chat markers and vision tower.
 
 Tests, smoke runs and CI need a model that has the real architecture, the real
 processor and the real chat format of the reward models r1rm trains
@@ -38,10 +42,12 @@ from pathlib import Path
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-__all__ = ["build_tiny_model", "model_config", "ModelSize", "TINY", "MID", "SIZES", "ARCHS", "SPECIAL_TOKENS",
+__all__ = ["build_tiny_model", "model_config", "ModelSize", "TINY", "MID", "SIZES", "ARCHS", "FAMILIES", "SPECIAL_TOKENS",
            "EXTRA_TOKENS", "CHAT_TEMPLATE", "default_corpus"]
 
-ARCHS = ("qwen2_5_vl", "qwen2_vl")
+# the families r1rm builds tiny replicas of (r1rm.models.families says what each supports)
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "internvl3_5", "llava_onevision")
+ARCHS = FAMILIES  # the name before --family existed
 
 # Qwen2.5-VL's special tokens, in the order (and so with the relative ids) Qwen gives them.
 SPECIAL_TOKENS = (
@@ -208,11 +214,15 @@ def default_corpus() -> list[str]:
     return lines * 3 + [prompt] * 20
 
 
-def _train_tokenizer(corpus: Iterable[str], vocab_size: int):
-    """Train a byte-level BPE with Qwen2's normalizer/pre-tokenizer; wrap it as a `Qwen2Tokenizer`."""
+def _train_tokenizer(corpus: Iterable[str], vocab_size: int, *, family_tokens: tuple[str, ...] = (),
+                     named: Mapping[str, str] | None = None):
+    """Train a byte-level BPE with Qwen2's normalizer/pre-tokenizer; wrap it as a `Qwen2Tokenizer`.
+    `family_tokens`: the family's own special tokens, added after Qwen's (InternVL's `<img>`, LLaVA's
+    `<image>`); `named`: attributes the family's processor reads off the tokenizer
+    (InternVL: start_image_token = "<img>", ...), saved as the tokenizer's named extra special tokens."""
     from transformers import Qwen2Tokenizer
 
-    n_added = len(SPECIAL_TOKENS) + len(EXTRA_TOKENS)
+    n_added = len(SPECIAL_TOKENS) + len(family_tokens) + len(EXTRA_TOKENS)
     bpe_size = vocab_size - n_added
     if bpe_size < 300:
         raise ValueError(f"vocab_size={vocab_size} is too small: need at least {300 + n_added}")
@@ -241,7 +251,7 @@ def _train_tokenizer(corpus: Iterable[str], vocab_size: int):
     vocab: dict[str, int] = dict(model["vocab"])
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     # Special tokens follow the BPE vocab, as in Qwen (<|endoftext|> = first id after the merges).
-    for t in SPECIAL_TOKENS:
+    for t in SPECIAL_TOKENS + family_tokens:
         vocab[t] = len(vocab)
 
     tokenizer = Qwen2Tokenizer(
@@ -256,9 +266,10 @@ def _train_tokenizer(corpus: Iterable[str], vocab_size: int):
         clean_up_tokenization_spaces=False,
         split_special_tokens=False,
         # Qwen's `additional_special_tokens` (named `extra_special_tokens` in transformers 5).
-        extra_special_tokens=[t for t in SPECIAL_TOKENS if t != "<|endoftext|>"],
+        extra_special_tokens=dict(named) if named else [t for t in SPECIAL_TOKENS if t != "<|endoftext|>"],
     )
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS], special_tokens=True)
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS + family_tokens],
+                         special_tokens=True)
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in EXTRA_TOKENS])
     return tokenizer
 
@@ -330,72 +341,203 @@ def model_config(arch: str, token_ids: Mapping[str, int], vocab_size: int, size:
         )
         cfg = Qwen2VLConfig(text_config=text, vision_config=vision, **common)
     else:
-        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
+        raise ValueError(f"model_config builds qwen2_5_vl / qwen2_vl, not {arch!r} (build_tiny_model builds every family)")
     return cfg
+
+
+
+
+# InternVL3.5 (transformers-native, as OpenGVLab/InternVL3_5-*-HF): a Qwen3 text model; the processor
+# reads these named tokens off the tokenizer and expands <IMG_CONTEXT> to <img> + N x <IMG_CONTEXT> + </img>.
+INTERNVL_TOKENS = ("<img>", "</img>", "<IMG_CONTEXT>", "<video>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>",
+                   "</box>")
+INTERNVL_NAMED = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                  "video_token": "<video>"}
+# LLaVA-OneVision (llava-hf/llava-onevision-qwen2-*-ov-hf): a Qwen2 text model with <image> / <video>.
+LLAVA_TOKENS = ("<image>", "<video>")
+FAMILY_TOKENS = {"internvl3_5": INTERNVL_TOKENS, "llava_onevision": LLAVA_TOKENS}
+
+
+def _qwen_style_template(image: str, video: str) -> str:
+    """Qwen's ChatML turns (as CHAT_TEMPLATE) with the family's own image / video markers."""
+    return (CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", image)
+            .replace("<|vision_start|><|video_pad|><|vision_end|>", video))
+
+
+# InternVL-HF: an image part is "<IMG_CONTEXT>\n", a video part "<video>\n" (the processor expands them).
+INTERNVL_CHAT_TEMPLATE = _qwen_style_template("<IMG_CONTEXT>\\n", "<video>\\n")
+# LLaVA-OneVision-HF: each turn's images first ("<image>\n" each), then videos, then its text.
+LLAVA_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string %}"
+    "{{- message['content'] }}"
+    "{%- elif message['content'] is not none %}"
+    "{%- for part in message['content'] if part['type'] == 'image' %}{{- '<image>\\n' }}{%- endfor %}"
+    "{%- for part in message['content'] if part['type'] == 'video' %}{{- '<video>\\n' }}{%- endfor %}"
+    "{%- for part in message['content'] if part['type'] == 'text' %}{{- part['text'] }}{%- endfor %}"
+    "{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- endif %}"
+)
+TEMPLATES = {"internvl3_5": INTERNVL_CHAT_TEMPLATE, "llava_onevision": LLAVA_CHAT_TEMPLATE}
+
+# Tile sides (pixels) of the tiled families' tiny vision towers: InternVL 56 (4x4 patches of 14, pixel
+# shuffle 0.5 -> 4 tokens per tile), LLaVA-OneVision 28 (2x2 patches -> 4 tokens per tile).
+INTERNVL_TILE = 56
+LLAVA_TILE = 28
+
+
+def _text_config(size: ModelSize, vocab_size: int, ids: Mapping[str, int], **extra) -> dict:
+    return dict(
+        hidden_size=size.hidden_size, intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_hidden_layers, num_attention_heads=size.num_attention_heads,
+        num_key_value_heads=size.num_key_value_heads, vocab_size=vocab_size, hidden_act="silu",
+        max_position_embeddings=4096, rms_norm_eps=1e-6, bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False,
+        dtype="float32", **extra,
+    )
+
+
+def family_config(family: str, tokenizer, size: ModelSize = TINY):
+    """The transformers config of a tiny `family` checkpoint whose vocabulary is `tokenizer`'s."""
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS + FAMILY_TOKENS.get(family, ())}
+    vocab = len(tokenizer)
+    head_dim = size.hidden_size // size.num_attention_heads
+    vision = dict(hidden_size=size.vision_hidden_size, intermediate_size=size.vision_intermediate_size)
+    if family in ("qwen2_5_vl", "qwen2_vl"):
+        return model_config(family, ids, vocab, size)
+    if family == "qwen3_vl":
+        from transformers import Qwen3VLConfig
+
+        # Qwen3-VL: interleaved mrope, patch 16, learned position grid, deepstack features from block 0
+        text = _text_config(size, vocab, ids, head_dim=head_dim, rope_parameters={
+            "rope_type": "default", "rope_theta": 5000000.0, "mrope_section": list(size.mrope_section),
+            "mrope_interleaved": True})
+        vis = dict(vision, depth=size.vision_depth, num_heads=size.vision_heads, hidden_act="gelu_pytorch_tanh",
+                   patch_size=16, spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=size.hidden_size,
+                   num_position_embeddings=64, deepstack_visual_indexes=[0])
+        return Qwen3VLConfig(text_config=text, vision_config=vis, image_token_id=ids["<|image_pad|>"],
+                             video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                             vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
+    if family == "internvl3_5":
+        from transformers import InternVLConfig
+
+        text = _text_config(size, vocab, ids, model_type="qwen3", head_dim=head_dim,
+                            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
+        vis = dict(vision, num_hidden_layers=size.vision_depth, num_attention_heads=size.vision_heads,
+                   image_size=[INTERNVL_TILE, INTERNVL_TILE], patch_size=[14, 14], use_mean_pooling=True,
+                   layer_scale_init_value=0.1, norm_type="layer_norm", use_qk_norm=False)
+        return InternVLConfig(text_config=text, vision_config=vis, image_token_id=ids["<IMG_CONTEXT>"],
+                              image_seq_length=(INTERNVL_TILE // 14) ** 2 // 4, downsample_ratio=0.5,
+                              projector_hidden_act="gelu", vision_feature_layer=-1,
+                              vision_feature_select_strategy="default", tie_word_embeddings=False)
+    if family == "llava_onevision":
+        from transformers import LlavaOnevisionConfig
+
+        text = _text_config(size, vocab, ids, model_type="qwen2",
+                            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
+        vis = dict(vision, model_type="siglip_vision_model", num_hidden_layers=size.vision_depth,
+                   num_attention_heads=size.vision_heads, image_size=LLAVA_TILE, patch_size=14,
+                   hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+        return LlavaOnevisionConfig(text_config=text, vision_config=vis, image_token_index=ids["<image>"],
+                                    video_token_index=ids["<video>"], vision_feature_select_strategy="full",
+                                    vision_feature_layer=-1, vision_aspect_ratio="anyres_max_9",
+                                    image_grid_pinpoints=_llava_pinpoints(), tie_word_embeddings=False)
+    raise ValueError(f"unknown family {family!r}: choose one of {', '.join(FAMILIES)}")
+
+
+def _llava_pinpoints() -> list[list[int]]:
+    """LLaVA-OneVision's anyres grid (1x1 ... 6x6 tiles) at the tiny tile side, up to 3x3 tiles."""
+    return [[LLAVA_TILE * h, LLAVA_TILE * w] for h in range(1, 4) for w in range(1, 4)]
+
+
+def family_processor(family: str, tokenizer):
+    """The processor of a tiny `family` checkpoint: the family's processor classes, its chat template,
+    pixel bounds small enough for a CPU (Qwen: 112x112 -> 16 image tokens; tiled families: few tiles)."""
+    import transformers as tf
+
+    if family in ("qwen2_5_vl", "qwen2_vl", "qwen3_vl"):
+        patch = 16 if family == "qwen3_vl" else 14
+        factor = 2 * patch
+        video_cls = tf.Qwen3VLVideoProcessor if family == "qwen3_vl" else tf.Qwen2VLVideoProcessor
+        image = tf.Qwen2VLImageProcessor(
+            size={"shortest_edge": MIN_PIXELS if patch == 14 else factor * factor * 4,
+                  "longest_edge": MAX_PIXELS if patch == 14 else 128 * 128},
+            patch_size=patch, temporal_patch_size=2, merge_size=2)
+        video_kw = dict(patch_size=patch, temporal_patch_size=2, merge_size=2, min_frames=2, max_frames=16)
+        if family == "qwen3_vl":
+            # Qwen3-VL bounds the whole clip: longest_edge is the pixels of ALL frames together
+            video = video_cls(size={"shortest_edge": factor * factor * 2, "longest_edge": 64 * 64 * 16}, **video_kw)
+        else:
+            video = video_cls(size={"shortest_edge": VIDEO_MIN_PIXELS, "longest_edge": VIDEO_MAX_PIXELS},
+                              cap_pixels_per_frame=True, max_video_tokens=1024, **video_kw)
+        cls = {"qwen2_5_vl": tf.Qwen2_5_VLProcessor, "qwen2_vl": tf.Qwen2VLProcessor,
+               "qwen3_vl": tf.Qwen3VLProcessor}[family]
+        return cls(image_processor=image, tokenizer=tokenizer, video_processor=video, chat_template=CHAT_TEMPLATE)
+    if family == "internvl3_5":
+        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+        image = tf.GotOcr2ImageProcessor(size={"height": INTERNVL_TILE, "width": INTERNVL_TILE},
+                                             crop_to_patches=True, min_patches=1, max_patches=4,
+                                             image_mean=mean, image_std=std)
+        video = tf.InternVLVideoProcessor(size={"height": INTERNVL_TILE, "width": INTERNVL_TILE},
+                                          image_mean=mean, image_std=std)
+        return tf.InternVLProcessor(image_processor=image, tokenizer=tokenizer, video_processor=video,
+                                    image_seq_length=(INTERNVL_TILE // 14) ** 2 // 4,
+                                    chat_template=INTERNVL_CHAT_TEMPLATE)
+    if family == "llava_onevision":
+        mean, std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+        image = tf.LlavaOnevisionImageProcessor(size={"height": LLAVA_TILE, "width": LLAVA_TILE},
+                                                    image_grid_pinpoints=_llava_pinpoints(), do_pad=True,
+                                                    image_mean=mean, image_std=std)
+        video = tf.LlavaOnevisionVideoProcessor(size={"height": LLAVA_TILE, "width": LLAVA_TILE},
+                                                image_mean=mean, image_std=std)
+        return tf.LlavaOnevisionProcessor(image_processor=image, tokenizer=tokenizer, video_processor=video,
+                                          num_image_tokens=(LLAVA_TILE // 14) ** 2,
+                                          vision_feature_select_strategy="full", chat_template=LLAVA_CHAT_TEMPLATE)
+    raise ValueError(f"unknown family {family!r}: choose one of {', '.join(FAMILIES)}")
 
 
 def build_tiny_model(
     out_dir: str | Path,
     *,
     seed: int = 0,
-    arch: str = "qwen2_5_vl",
+    arch: str | None = None,
+    family: str | None = None,
     corpus: Iterable[str] | None = None,
     vocab_size: int = 1024,
     size: ModelSize = TINY,
 ) -> Path:
-    """Write a tiny random Qwen2.5-VL / Qwen2-VL checkpoint (model, processor, chat template) into `out_dir`.
+    """Write a tiny random checkpoint of `family` (one of FAMILIES; `arch` is its old name; default
+    qwen2_5_vl) — model, processor, chat template — into `out_dir`.
 
     `size` sets the widths and depths (`TINY`, `MID` or any `ModelSize`); nothing else depends on it.
-    Deterministic: the same `seed`, `arch`, `corpus`, `vocab_size` and `size` give byte-identical files.
+    Deterministic: the same `seed`, `family`, `corpus`, `vocab_size` and `size` give byte-identical files.
     The global torch RNG state is left as it was. Returns `out_dir` as a `Path`.
     """
-    from transformers import (
-        AutoModelForImageTextToText,
-        GenerationConfig,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import AutoModelForImageTextToText, GenerationConfig
 
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
+    family = family or arch or "qwen2_5_vl"
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}: choose one of {', '.join(FAMILIES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = _train_tokenizer(default_corpus() if corpus is None else corpus, vocab_size)
+    tokenizer = _train_tokenizer(default_corpus() if corpus is None else corpus, vocab_size,
+                                 family_tokens=FAMILY_TOKENS.get(family, ()),
+                                 named=INTERNVL_NAMED if family == "internvl3_5" else None)
     if len(tokenizer) > vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens > vocab_size {vocab_size}")
-    tokenizer.chat_template = CHAT_TEMPLATE
-
-    image_processor = Qwen2VLImageProcessor(
-        size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
-        patch_size=14,
-        temporal_patch_size=2,
-        merge_size=2,
-    )
-    video_processor = Qwen2VLVideoProcessor(
-        size={"shortest_edge": VIDEO_MIN_PIXELS, "longest_edge": VIDEO_MAX_PIXELS},
-        patch_size=14,
-        temporal_patch_size=2,
-        merge_size=2,
-        min_frames=2,
-        max_frames=16,
-        cap_pixels_per_frame=True,
-        max_video_tokens=1024,
-    )
-    processor_cls = Qwen2_5_VLProcessor if arch == "qwen2_5_vl" else Qwen2VLProcessor
-    processor = processor_cls(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        chat_template=CHAT_TEMPLATE,
-    )
+    template = TEMPLATES.get(family, CHAT_TEMPLATE)
+    tokenizer.chat_template = template
+    processor = family_processor(family, tokenizer)
 
     # the model's vocabulary is exactly the tokenizer's: an id beyond it would decode to nothing,
     # and a random model would then produce "empty" answers
-    token_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    config = model_config(arch, token_ids, len(tokenizer), size)
+    config = family_config(family, tokenizer, size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
@@ -409,5 +551,5 @@ def build_tiny_model(
     model.save_pretrained(out)
     processor.save_pretrained(out)
     # Some loaders read the template from the tokenizer, some from the processor: both use the one file.
-    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE, encoding="utf-8")
+    (out / "chat_template.jinja").write_text(template, encoding="utf-8")
     return out

@@ -22,13 +22,22 @@ def mixed_precision_for(setting: str, device: str) -> str:
 
 
 def make_accelerator(*, deepspeed_config: str | None, grad_accum: int, micro_batch: int, max_grad_norm: float | None,
-                     device: str, mixed_precision: str = "auto"):
-    """An Accelerator for this launch; with `deepspeed_config`, DeepSpeed ZeRO from that JSON."""
+                     device: str, mixed_precision: str = "auto", log_with: list[str] | None = None,
+                     out_dir: str | None = None):
+    """An Accelerator for this launch; with `deepspeed_config`, DeepSpeed ZeRO from that JSON.
+    `log_with`: the experiment trackers (runtime.tracking.resolve), TensorBoard's under `out_dir`."""
     import torch
     from accelerate import Accelerator, PartialState
+    from accelerate.utils import ProjectConfiguration
 
     cpu_only = device == "cpu" or not torch.cuda.is_available()
     mp = mixed_precision_for(mixed_precision, "cpu" if cpu_only else "cuda")
+    tracking = {}
+    if log_with:
+        from r1rm.runtime.tracking import TB_DIR
+
+        tracking = {"log_with": log_with, "project_config": ProjectConfiguration(
+            project_dir=str(out_dir), logging_dir=str(Path(out_dir) / TB_DIR))}
     if deepspeed_config is None:
         from accelerate.utils import DistributedDataParallelKwargs
 
@@ -36,7 +45,7 @@ def make_accelerator(*, deepspeed_config: str | None, grad_accum: int, micro_bat
         # image leaves the vision tower without gradients, which plain DDP rejects
         ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
         return Accelerator(cpu=cpu_only, gradient_accumulation_steps=grad_accum, mixed_precision=mp,
-                           kwargs_handlers=[ddp])
+                           kwargs_handlers=[ddp], **tracking)
     from accelerate.utils import DeepSpeedPlugin
 
     path = Path(deepspeed_config)
@@ -61,16 +70,18 @@ def make_accelerator(*, deepspeed_config: str | None, grad_accum: int, micro_bat
     ds.pop("train_batch_size", None)
     plugin = DeepSpeedPlugin(hf_ds_config=ds, gradient_accumulation_steps=grad_accum,
                              gradient_clipping=max_grad_norm or 0.0)  # DeepSpeed: 0 = no clipping
-    return Accelerator(deepspeed_plugin=plugin, gradient_accumulation_steps=grad_accum, mixed_precision=mp)
+    return Accelerator(deepspeed_plugin=plugin, gradient_accumulation_steps=grad_accum, mixed_precision=mp, **tracking)
 
 
-def split_batch(global_batch: int, micro_batch: int, world: int) -> int:
-    """Gradient-accumulation steps so that micro_batch × world × accum == global_batch."""
+def split_batch(global_batch: int, micro_batch: int, world: int, *,
+                keys: tuple[str, str] = ("batch_size", "micro_batch_size")) -> int:
+    """Gradient-accumulation steps so that micro_batch × world × accum == global_batch (`keys`: the
+    two settings' dotted names, for the message)."""
     per_step = micro_batch * world
     if global_batch % per_step:
         raise ConfigError(
-            f"batch size {global_batch} is not divisible by micro_batch_size × processes = {micro_batch} × {world}",
-            fix=f"use a batch size that is a multiple of {per_step}, or change micro_batch_size / the process count",
+            f"{keys[0]}={global_batch} is not divisible by {keys[1]} × processes = {micro_batch} × {world}",
+            fix=f"set {keys[0]} to a multiple of {per_step}, or change {keys[1]} / the process count",
         )
     return global_batch // per_step
 

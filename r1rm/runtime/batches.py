@@ -92,6 +92,15 @@ def collate(samples: list[Encoded], *, pad_id: int, left: bool = False) -> dict:
             batch[key] = torch.cat([pad(s.inputs[key], fill) if key in s.inputs
                                     else torch.zeros((1, width), dtype=dtype) for s in samples])
         else:
-            batch[key] = torch.cat([s.inputs[key] for s in samples if key in s.inputs])
+            batch[key] = torch.cat(_same_tiles([s.inputs[key] for s in samples if key in s.inputs]))
     batch["labels"] = torch.cat([pad(s.labels, IGNORE) for s in samples])
     return batch
+
+
+def _same_tiles(values: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-image tile stacks (images, tiles, C, H, W: LLaVA-OneVision's anyres pixel_values) zero-padded to
+    the most tiles, as its processor pads a batch (the model reads each image's own count from image_sizes)."""
+    if len(values) < 2 or any(v.dim() != 5 for v in values) or len({v.shape[1] for v in values}) == 1:
+        return values
+    most = max(v.shape[1] for v in values)
+    return [torch.nn.functional.pad(v, (0, 0, 0, 0, 0, 0, 0, most - v.shape[1])) for v in values]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from r1rm.core.prompts import user_message
 from r1rm.core.rewards import judge_request_text, read_judge_reply, rule_consistency
 from r1rm.engines.base import Request, SamplingParams
-from r1rm.errors import ConfigError
+from r1rm.errors import ConfigError, R1RMError
 
 
 @dataclass
@@ -45,6 +45,8 @@ def model_consistency(engine, texts: list[str], *, temperature: float, retries: 
         stats.calls += len(pending)
         try:
             results = engine.generate([Request(user_message(p)) for _, p in pending], params)
+        except R1RMError:
+            raise  # the user's mistake (a refused key, an unknown model): it stops the run, exit 2
         except Exception as e:  # noqa: BLE001 - a local checker's failure is counted, never the end of the run
             # a local (hf / vllm) checker raises where an endpoint returns per-sample errors: the whole
             # attempt failed for every pending text; the next attempt retries them
@@ -88,7 +90,10 @@ def make_consistency_engine(cfg):
         if not c.model_name:
             raise ConfigError("a local consistency checker needs rl.consistency.model_name (a checkpoint folder)")
         sub.model.path = c.model_name
-    return make_engine(sub)
+    engine = make_engine(sub)
+    if c.engine_kind == "openai":
+        engine.settings = "rl.consistency"  # a refused key / unknown model names these settings
+    return engine
 
 
 def consistency_scores(kind: str, texts: list[str], *, engine=None, temperature: float = 0.1, retries: int = 3,

@@ -1,15 +1,14 @@
-"""Per-step metrics: `<output_dir>/metrics.jsonl` (append, flushed), TensorBoard when installed,
-Weights & Biases when a project is set. Only the main process writes."""
+"""Per-step metrics: `<output_dir>/metrics.jsonl` (append, flushed; always written) and the
+experiment trackers runtime.report_to names (runtime.tracking, through the accelerator's).
+Only the main process writes."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
 from r1rm.data.files import write_text_atomic
-from r1rm.errors import MissingDependencyError
 
 METRICS = "metrics.jsonl"
 
@@ -30,31 +29,25 @@ def truncate_after(path: Path, step: int) -> None:
 
 
 class MetricsLog:
-    def __init__(self, out_dir: str | os.PathLike, *, enabled: bool, resume_step: int = 0, tensorboard: bool = True,
-                 wandb_project: str | None = None, run_config: dict | None = None):
+    """metrics.jsonl, and the trackers of `acc` (an Accelerator built with `log_with=names`),
+    started here on the main process — continuing the recorded tracker runs when `resume_step` > 0."""
+
+    def __init__(self, out_dir: str | os.PathLike, *, enabled: bool, resume_step: int = 0, acc=None,
+                 trackers: list[str] | None = None, explicit: bool = False, project: str = "r1rm",
+                 run_config: dict | None = None):
         self.enabled = enabled
-        self.tb = None
-        self.wandb = None
+        self.acc = acc
         if not enabled:
             return
         self.path = Path(out_dir) / METRICS
         self.path.parent.mkdir(parents=True, exist_ok=True)
         truncate_after(self.path, resume_step)
         self._f = open(self.path, "a", encoding="utf-8")
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        if acc is not None:
+            from r1rm.runtime.tracking import start
 
-                self.tb = SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"))
-            except ImportError:
-                self.tb = None
-        if wandb_project:
-            try:
-                import wandb
-            except ImportError:
-                raise MissingDependencyError("runtime.wandb_project is set but wandb is not installed",
-                                             fix="pip install wandb, or unset runtime.wandb_project") from None
-            self.wandb = wandb.init(project=wandb_project, config=run_config, dir=str(out_dir), resume="allow")
+            start(acc, Path(out_dir), names=trackers or [], explicit=explicit, project=project,
+                  resume_step=resume_step, run_config=run_config)
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -62,18 +55,12 @@ class MetricsLog:
         row = {"step": step, **metrics}
         self._f.write(json.dumps(row) + "\n")
         self._f.flush()
-        for k, v in metrics.items():
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
-                if self.tb is not None:
-                    self.tb.add_scalar(k, v, step)
-        if self.wandb is not None:
-            self.wandb.log(metrics, step=step)
+        if self.acc is not None:
+            from r1rm.runtime.tracking import scalars
+
+            self.acc.log(scalars(metrics), step=step)
 
     def close(self) -> None:
-        if not self.enabled:
-            return
-        self._f.close()
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
+        """metrics.jsonl; the trackers finish in `Accelerator.end_training`."""
+        if self.enabled:
+            self._f.close()

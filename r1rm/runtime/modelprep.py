@@ -7,23 +7,28 @@ import os
 from pathlib import Path
 
 from r1rm.errors import ConfigError
+from r1rm.models.families import GENERIC_PROJECTOR, GENERIC_VISION, family_of
 
-# parameter-name markers across transformers' chat VLMs (Qwen2/2.5/3-VL, InternVL, LLaVA-style)
-VISION_MARKERS = ("visual.", "vision_tower.", "vision_model.")
-PROJECTOR_MARKERS = ("merger.", "multi_modal_projector.", "mlp1.")
+# parameter-name markers across transformers' chat VLMs (Qwen2/2.5/3-VL, InternVL, LLaVA-style); a
+# family of r1rm.models.families uses its own (Qwen3-VL's deepstack mergers are projector too)
+VISION_MARKERS = GENERIC_VISION
+PROJECTOR_MARKERS = GENERIC_PROJECTOR
 
 
-def _is_projector(name: str) -> bool:
-    return any(m in name for m in PROJECTOR_MARKERS)
+def markers(model) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(vision-tower markers, projector markers) of the model's family, else the generic ones."""
+    fam = family_of(model)
+    return (fam.vision, fam.projector) if fam else (VISION_MARKERS, PROJECTOR_MARKERS)
 
 
 def freeze(model, *, vision_tower: bool, projector: bool) -> dict[str, int]:
     """Freeze the vision encoder and/or the projector; return counts of frozen / trainable params."""
     frozen = 0
     matched_vision = matched_proj = False
+    vision_markers, projector_markers = markers(model)
     for name, p in model.named_parameters():
-        is_proj = _is_projector(name)
-        is_vision = any(m in name for m in VISION_MARKERS) and not is_proj
+        is_proj = any(m in name for m in projector_markers)
+        is_vision = any(m in name for m in vision_markers) and not is_proj
         matched_vision |= is_vision
         matched_proj |= is_proj
         if (vision_tower and is_vision) or (projector and is_proj):
@@ -31,10 +36,10 @@ def freeze(model, *, vision_tower: bool, projector: bool) -> dict[str, int]:
             frozen += p.numel()
     if vision_tower and not matched_vision:
         raise ConfigError("model.freeze_vision_tower=true but no vision-tower parameters were found",
-                          fix=f"this architecture names them differently from {VISION_MARKERS}; set it to false")
+                          fix=f"this architecture names them differently from {vision_markers}; set model.freeze_vision_tower=false")
     if projector and not matched_proj:
         raise ConfigError("model.freeze_projector=true but no projector parameters were found",
-                          fix=f"this architecture names them differently from {PROJECTOR_MARKERS}; set it to false")
+                          fix=f"this architecture names them differently from {projector_markers}; set model.freeze_projector=false")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"frozen": frozen, "trainable": trainable}
 
@@ -52,13 +57,28 @@ def prepare_for_training(model, mcfg):
             from r1rm.errors import MissingDependencyError
 
             raise MissingDependencyError("LoRA needs peft", fix="pip install peft") from None
+        target = lora_target(model, mcfg.lora.target_modules)
         lcfg = LoraConfig(r=mcfg.lora.r, lora_alpha=mcfg.lora.alpha, lora_dropout=mcfg.lora.dropout,
-                          # language model only: never adapt the vision tower's projections
-                          target_modules=rf"^(?!.*(?:{'|'.join(m.rstrip('.') for m in VISION_MARKERS)})).*\.({'|'.join(mcfg.lora.target_modules)})$",
-                          task_type="CAUSAL_LM")
+                          target_modules=target, task_type="CAUSAL_LM")
         model = get_peft_model(model, lcfg)
     model.train()
     return model
+
+
+def lora_target(model, names: list[str]) -> str:
+    """peft's target_modules regex: modules named `names` in the language model only (never the vision
+    tower's or the projector's). ConfigError when no module of the model matches (names differ per family)."""
+    import re
+
+    vision, projector = markers(model)
+    skip = "|".join(re.escape(m.rstrip(".")) for m in vision + projector)
+    target = rf"^(?!.*(?:{skip})).*\.({'|'.join(map(re.escape, names))})$"
+    if not any(re.fullmatch(target, name) for name, _ in model.named_modules()):
+        fam = family_of(model)
+        raise ConfigError(f"model.lora.target_modules={names} match no language-model module of this "
+                          f"{fam.name if fam else type(model).__name__} model",
+                          fix="set model.lora.target_modules to its linear layers' names (print the model's modules)")
+    return target
 
 
 def is_lora(model) -> bool:

@@ -61,24 +61,25 @@ def start_training(cfg: Config, oc: OptimConfig, *, identity: dict, accum: int, 
     from torch.optim.lr_scheduler import LambdaLR
 
     from r1rm.core.schedules import lr_multiplier
-    from r1rm.models.loading import load_model, load_processor
+    from r1rm.models.loading import load_model_for, load_processor_for
     from r1rm.runtime.accel import make_accelerator, make_optimizer, prepare_reference
     from r1rm.runtime.modelprep import prepare_for_training
+    from r1rm.runtime.tracking import resolve
 
     acc = make_accelerator(deepspeed_config=cfg.runtime.deepspeed, grad_accum=accum, micro_batch=oc.micro_batch_size,
                            max_grad_norm=oc.max_grad_norm, device=cfg.runtime.device,
-                           mixed_precision=cfg.runtime.mixed_precision)
-    if acc.is_main_process:
-        save_config(cfg)
+                           mixed_precision=cfg.runtime.mixed_precision, log_with=resolve(cfg.runtime.report_to),
+                           out_dir=cfg.output_dir)
     torch.manual_seed(cfg.seed)
-    processor = load_processor(cfg.model.path, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
+    processor = load_processor_for(cfg.model)
     dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
     device = "cpu" if acc.device.type == "cpu" else str(acc.device)
-    model = prepare_for_training(load_model(cfg.model.path, dtype=dtype, device=device,
-                                            attn_implementation=cfg.model.attn_implementation), cfg.model)
+    model = prepare_for_training(load_model_for(cfg.model, dtype=dtype, device=device), cfg.model)
+    if acc.is_main_process:
+        save_config(cfg)  # once the model has loaded: a failed start leaves no folder behind
     ref = None
     if reference:
-        ref = load_model(cfg.model.path, dtype=dtype, device=device)
+        ref = load_model_for(cfg.model, dtype=dtype, device=device)
         ref.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, oc)
@@ -104,11 +105,13 @@ def resume(t: Training, cfg: Config) -> tuple[Path | None, dict]:
 
 
 def open_log(t: Training, cfg: Config, *, step: int):
-    """The metrics log (main process), with rows after `step` (a resume's) dropped."""
+    """The metrics log (main process), with rows after `step` (a resume's) dropped, and the
+    experiment trackers (runtime.report_to) — the same tracker runs again when resuming."""
     from r1rm.runtime.metrics_log import MetricsLog
 
-    return MetricsLog(t.out, enabled=t.acc.is_main_process, resume_step=step, tensorboard=cfg.runtime.tensorboard,
-                      wandb_project=cfg.runtime.wandb_project, run_config=cfg.model_dump(mode="json"))
+    return MetricsLog(t.out, enabled=t.acc.is_main_process, resume_step=step, acc=t.acc,
+                      trackers=[str(x) for x in t.acc.log_with], explicit=cfg.runtime.report_to != "all",
+                      project=cfg.runtime.project, run_config=cfg.model_dump(mode="json"))
 
 
 def save(t: Training, *, step: int, keep_last: int, state: dict, extra: dict | None = None,

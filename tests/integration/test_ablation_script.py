@@ -14,7 +14,7 @@ def ablation(tiny, train, out, *extra, tail=("--only", "stable_reinforce", "--se
     cmd = [sys.executable, "scripts/ablation_stability.py", f"model.path={tiny}", f"data.train=[{train}]",
            f"data.eval=[{train}]", f"output_dir={out}", "rl.max_steps=1", "rl.rollout_batch_size=2",
            "rl.n_samples_per_prompt=2", "rl.train_batch_size=8", "rl.micro_batch_size=2", "rl.max_new_tokens=8",
-           "rl.eval_every_steps=1", "rl.eval_limit=2", "runtime.tensorboard=false", *extra, *tail]
+           "rl.eval_every_steps=1", "rl.eval_limit=2", "runtime.report_to=none", *extra, *tail]
     env = {**os.environ, "NO_COLOR": "1"}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
@@ -86,7 +86,7 @@ def test_base_keeps_the_first_sft_seed_that_solves_the_task_or_says_none_did(tin
              "sft.micro_batch_size=2", "generation.max_new_tokens=8", "--base-model", str(tiny)]
     cmd = [sys.executable, "scripts/ablation_stability.py", f"output_dir={out}", "rl.max_steps=1",
            "rl.rollout_batch_size=2", "rl.n_samples_per_prompt=2", "rl.train_batch_size=8", "rl.micro_batch_size=2",
-           "rl.max_new_tokens=8", "rl.eval_every_steps=0", "runtime.tensorboard=false", "--only", "stable_reinforce",
+           "rl.max_new_tokens=8", "rl.eval_every_steps=0", "runtime.report_to=none", "--only", "stable_reinforce",
            "--seeds", "0", "--base", str(base), "--base-seeds", "0", "1", *small]
     env = {**os.environ, "NO_COLOR": "1"}
     proc = subprocess.run([*cmd, "--base-min-strict", "1.01"], cwd=REPO, env=env, capture_output=True, text=True,

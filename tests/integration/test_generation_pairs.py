@@ -153,7 +153,7 @@ build:
     recs = [r for p in manifest["files"] for r in read_records(built / p, image_root=built)]
     assert len(recs) == 4 + 24 and all(r.response1.kind == "image" for r in recs)
     assert sum(r.label == 1 for r in recs) == 14  # balanced: images swapped with the label
-    common = [f"model.path={tiny}", "runtime.progress=false", "runtime.tensorboard=false"]
+    common = [f"model.path={tiny}", "runtime.progress=false", "runtime.report_to=none"]
     sft = tmp_path / "sft"
     train = write_dataset(tmp_path / "syn", 16, seed=4, levels=(6,), modality="image", prefix="train")
     proc = cli("sft", "--recipe", "recipes/tiny/sft.yaml", *common, f"data.train=[{train}]", f"output_dir={sft}",
@@ -161,7 +161,7 @@ build:
     assert proc.returncode == 0, proc.stderr[-3000:]
     rl = tmp_path / "rl"
     proc = cli("rl", "--recipe", "recipes/tiny/rl.yaml", f"model.path={sft / 'model'}", "runtime.progress=false",
-               "runtime.tensorboard=false", f"data.train=[{built}]", "data.eval=[]", f"output_dir={rl}",
+               "runtime.report_to=none", f"data.train=[{built}]", "data.eval=[]", f"output_dir={rl}",
                "rl.max_steps=1", "rl.rollout_batch_size=4", "rl.train_batch_size=16", "rl.max_new_tokens=12",
                "rl.eval_every_steps=0")
     assert proc.returncode == 0, proc.stderr[-3000:]

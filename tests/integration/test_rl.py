@@ -27,7 +27,7 @@ def data(tmp_path_factory):
 def args(tiny, data, out, *extra):
     train, held = data
     return ["rl", "--recipe", "recipes/tiny/rl.yaml", f"model.path={tiny}", f"data.train=[{train}]",
-            f"data.eval=[{held}]", f"output_dir={out}", "runtime.progress=false", "runtime.tensorboard=false",
+            f"data.eval=[{held}]", f"output_dir={out}", "runtime.progress=false", "runtime.report_to=none",
             "rl.max_steps=2", "rl.rollout_batch_size=4", "rl.n_samples_per_prompt=2", "rl.train_batch_size=4",
             "rl.micro_batch_size=2", "rl.max_new_tokens=12", "rl.eval_every_steps=0", "rl.save_every_steps=1", *extra]
 
@@ -238,7 +238,7 @@ def test_msrl_stages_text_then_caption_with_frozen_vision(cli, tiny, tmp_path):
 
     text = write_dataset(tmp_path / "text", 8, seed=5, levels=(1, 2), modality="text", prefix="train")
     caption = write_dataset(tmp_path / "caption", 8, seed=6, levels=(1, 2), modality="caption", prefix="train")
-    common = ["runtime.progress=false", "runtime.tensorboard=false", "data.prompt=msrl", "data.eval=[]",
+    common = ["runtime.progress=false", "runtime.report_to=none", "data.prompt=msrl", "data.eval=[]",
               "rl.algorithm=grpo", "rl.max_steps=1", "rl.rollout_batch_size=4", "rl.n_samples_per_prompt=2",
               "rl.train_batch_size=8", "rl.micro_batch_size=4", "rl.max_new_tokens=12", "rl.lr=1e-3",
               "rl.clip_eps_high=0.28", "rl.eval_every_steps=0", "rl.both_orders=false",

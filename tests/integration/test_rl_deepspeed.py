@@ -62,7 +62,7 @@ def policy(tmp_path_factory, tiny) -> Path:
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
     proc = subprocess.run([sys.executable, "-m", "r1rm.cli", "sft", "--recipe", "recipes/tiny/sft.yaml",
                            f"model.path={tiny}", f"data.train=[{train}]", f"output_dir={d / 'out'}",
-                           "runtime.progress=false", "runtime.tensorboard=false", "sft.max_steps=80",
+                           "runtime.progress=false", "runtime.report_to=none", "sft.max_steps=80",
                            "sft.save_every_steps=1000"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return d / "out" / "model"
@@ -82,7 +82,7 @@ def command(policy, data, out, stage: str | None, *extra: str) -> list[str]:
     train, held = data
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "r1rm.cli",
             "rl", "--recipe", "recipes/tiny/rl.yaml", f"model.path={policy}", f"data.train=[{train}]",
-            f"data.eval=[{held}]", f"output_dir={out}", "runtime.progress=false", "runtime.tensorboard=false",
+            f"data.eval=[{held}]", f"output_dir={out}", "runtime.progress=false", "runtime.report_to=none",
             f"rl.max_steps={STEPS}", "rl.rollout_batch_size=4", "rl.n_samples_per_prompt=2", "rl.train_batch_size=4",
             "rl.micro_batch_size=2", "rl.max_new_tokens=24", "rl.save_every_steps=1", "rl.kl_coef=0.05",
             f"rl.eval_every_steps={STEPS}", "rl.eval_limit=3", "rl.keep_best=true",

@@ -22,7 +22,7 @@ def data(tmp_path_factory):
 
 def args(tiny, data, out, *extra):
     return ["sft", "--recipe", "recipes/tiny/sft.yaml", f"model.path={tiny}", f"data.train=[{data}]",
-            f"output_dir={out}", "runtime.progress=false", "runtime.log_every_steps=1", "runtime.tensorboard=false", *extra]
+            f"output_dir={out}", "runtime.progress=false", "runtime.log_every_steps=1", "runtime.report_to=none", *extra]
 
 
 def losses(out: Path) -> dict[int, float]:

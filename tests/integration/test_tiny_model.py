@@ -157,7 +157,7 @@ def test_qwen2_vl_arch_loads_and_generates(tmp_path):
 
 
 def test_unknown_arch_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match="unknown arch"):
+    with pytest.raises(ValueError, match="unknown family"):
         build_tiny_model(tmp_path / "x", arch="llava")
 
 

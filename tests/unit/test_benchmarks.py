@@ -215,36 +215,41 @@ def test_vl_rewardbench_parquet_embedded_images_cached_once(tmp_path):
         {"id": "mathverse_1", "query": "Q1", "image": {"bytes": blue, "path": None}, "response": ["x", "y"], "human_ranking": [0, 1]},
         {"id": "wildvision_3", "query": "Q3", "image": {"bytes": None, "path": "img/c.png"}, "response": ["c1", "c2"], "human_ranking": [0, 1]},
     ]
-    f = write_parquet(tmp_path / "test-00000-of-00001.parquet", rows)
-    recs = read_benchmark("vl-rewardbench", f)
+    data = tmp_path / "data"
+    data.mkdir()
+    f = write_parquet(data / "test-00000-of-00001.parquet", rows)
+    media = tmp_path / "media"
+    recs = read_benchmark("vl-rewardbench", f, media_dir=media)
+    # embedded bytes go under media_dir (never next to the data); a path row is linked in beside them
     assert [r.images for r in recs] == [
-        (".r1rm_images/mathverse_1.png",),
-        (".r1rm_images/RLHF-V_2.png",),
-        (".r1rm_images/mathverse_1-1.png",),
-        ("img/c.png",),
+        ("embedded/mathverse_1.png",),
+        ("embedded/RLHF-V_2.png",),
+        ("embedded/mathverse_1-1.png",),
+        ("linked/img/c.png",),
     ]
+    assert sorted(x.name for x in data.iterdir()) == ["test-00000-of-00001.parquet"]
     assert [r.category for r in recs] == ["reasoning", "hallucination", "reasoning", "general"]
     assert (recs[1].response1.text, recs[1].response2.text) == ("better", "worse")
     assert (recs[0].response1.text, recs[0].response2.text) == ("good", "bad")
-    cached = tmp_path / ".r1rm_images" / "mathverse_1.png"
+    cached = media / "embedded" / "mathverse_1.png"
     assert cached.read_bytes() == red
     from PIL import Image
 
-    with Image.open(tmp_path / ".r1rm_images" / "RLHF-V_2.png") as im:
+    with Image.open(media / "embedded" / "RLHF-V_2.png") as im:
         assert im.format == "PNG" and im.size == (4, 3)
     # a second read reuses the cache (no rewrite) and gives the same records
     mtime = cached.stat().st_mtime_ns
-    again = read_benchmark("vl-rewardbench", f)
+    again = read_benchmark("vl-rewardbench", f, media_dir=media)
     assert [r.uid for r in again] == [r.uid for r in recs]
     assert cached.stat().st_mtime_ns == mtime
-    # image_root moves the cache; check_media then finds every cached image (row 4's file is missing)
+    # path rows resolve under image_root; check_media then finds every image (row 4's file is missing)
     root = tmp_path / "root"
     with pytest.raises(DataError, match="item 'wildvision_3'") as e:
-        read_benchmark("vl-rewardbench", f, image_root=root, check_media=True)
+        read_benchmark("vl-rewardbench", f, image_root=root, check_media=True, media_dir=media)
     assert e.value.where == f"{f}:row 4"
-    assert (root / ".r1rm_images" / "mathverse_1-1.png").is_file()
     write_image(root / "img" / "c.png")
-    assert len(read_benchmark("vl-rewardbench", f, image_root=root, check_media=True)) == 4
+    assert len(read_benchmark("vl-rewardbench", f, image_root=root, check_media=True, media_dir=media)) == 4
+    assert (media / "linked" / "img" / "c.png").is_file()
 
 
 def test_vl_rewardbench_parquet_bad_rows(tmp_path):

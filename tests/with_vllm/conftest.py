@@ -55,7 +55,7 @@ TEST_CACHE = Path(os.environ.get("R1RM_TEST_CACHE", Path.home() / ".cache" / "r1
 # not a good judge.
 TRAIN_SYNTH = ["data.synthetic.n=6400", "data.synthetic.n_eval=1"]
 TRAIN_SFT = ["seed=1", "sft.max_steps=600", "sft.save_every_steps=600", "runtime.progress=false",
-             "runtime.tensorboard=false"]
+             "runtime.report_to=none"]
 # what the cache key hashes besides the overrides: the recipes, and the code that writes the untrained model and
 # the data (a change to the training code keeps the cached model: any model that reads images serves)
 TRAIN_INPUTS = ("recipes/tiny/base.yaml", "recipes/tiny/synth.yaml", "recipes/tiny/sft.yaml", "r1rm/models/tiny.py",

@@ -159,7 +159,7 @@ def rl_args(tiny4, data, out, *extra) -> list[str]:
     # reward outliers give the untrained model's all-zero rewards a spread, so the weights move
     return ["rl", "--recipe", "recipes/tiny/rl.yaml", f"model.path={tiny4}", f"data.train=[{data / 'train.jsonl'}]",
             f"data.eval=[{data / 'eval.jsonl'}]", f"output_dir={out}", "runtime.progress=false",
-            "runtime.tensorboard=false", "rl.max_steps=3", "rl.rollout_batch_size=2", "rl.n_samples_per_prompt=2",
+            "runtime.report_to=none", "rl.max_steps=3", "rl.rollout_batch_size=2", "rl.n_samples_per_prompt=2",
             "rl.train_batch_size=4", "rl.micro_batch_size=2", "rl.max_new_tokens=24", "rl.both_orders=false",
             "rl.eval_every_steps=0", "rl.save_every_steps=1", "rl.lr=1e-2", "rl.stress.reward_outliers=0.5",
             "rl.rollout_engine=vllm", f"rl.logprob_check_tol={TOL}", *extra]

@@ -95,7 +95,19 @@ def _check_config(cfg: Config) -> None:
         raise ConfigError("build.mode=cmkd samples MSRL chains but data.prompt is 'r1reward'", fix="set data.prompt=msrl")
     if b.mode == "teacher" and any(not s.require_label for s in b.sources):
         raise ConfigError("build.mode=teacher needs labels, but a source has require_label: false",
-                          fix="drop require_label: false (the teacher's attempts are checked against the label)")
+                          fix="drop build.sources[].require_label: false (the teacher's attempts are checked against the label)")
+
+
+def _check_inputs(cfg: Config) -> None:
+    """Every source's files, and the model when the mode calls one (settings and config, no weights)."""
+    from r1rm.data.sources import check_source_paths
+    from r1rm.engines import check_engine
+
+    b = cfg.build
+    for src in b.sources:
+        check_source_paths(src)
+    if b.mode in ("teacher", "cmkd") or (b.mode == "caption" and b.caption.source == "model"):
+        check_engine(cfg)
 
 
 def run(cfg: Config) -> dict:
@@ -106,6 +118,8 @@ def run(cfg: Config) -> dict:
     _check_config(cfg)
     b = cfg.build
     out = Path(cfg.output_dir)
+    if not out.exists():
+        _check_inputs(cfg)  # a failed start leaves no folder behind
     save_config(cfg)
     key = clean_key(cfg)
     failures: list[dict] = []

@@ -206,7 +206,7 @@ def _refusal(cfg: Config, out: Path, kept: Kept, stats: dict, rejects: RejectLog
             f"; {st['duplicates']} duplicates, {st['ties_dropped']} ties)"
             + ("" if too_many else "; no row is left") + (f":\n  {lines}" if lines else ""))
     return DataError(what, fix=f"correct the rows listed in {out / REJECTS} (file:line, reason), fix the source's "
-                               "fields / image_root, or raise build.max_reject_rate")
+                               "build.sources[].fields / build.sources[].image_root, or raise build.max_reject_rate")
 
 
 # ---------------------------------------------------------------- caption (mode caption)

@@ -24,12 +24,27 @@ def _file_stats(path: str) -> list:
     return [[str(p), None, None]]
 
 
+def _source_stats(src) -> list:
+    """What a source's rows come from: its files' stats; for a hub id, snapshot or parquet folder the files
+    r1rm.data.hub resolves (a hub id's snapshot folder names its revision, so a new revision is a new key)."""
+    paths = [src.path] if isinstance(src.path, str) else list(src.path or [])
+    if src.format in ("synthetic", "canonical", "hf_disk"):
+        return [_file_stats(p) for p in paths]
+    from r1rm.data.hub import resolve_data
+
+    out = []
+    for p in paths:
+        data = resolve_data(p, subset=src.subset, split=src.split, prefer_splits=("train",), key=f"build.sources[{src.name}].path")
+        out.append([str(data.folder), [_file_stats(str(f)) for f in data.files]])
+    return out
+
+
 def clean_key(cfg: Config) -> str:
     """Hash of everything the clean stage depends on: sources (and their files' sizes and
     mtimes), cleaning settings, seed, pixel bounds, and the captioner in caption mode."""
     b = cfg.build
     settings = b.model_dump(mode="json", exclude={"teacher", "cmkd", "curriculum", "chunk_size"})
-    files = [_file_stats(p) for s in b.sources for p in ([s.path] if isinstance(s.path, str) else s.path or [])]
+    files = [_source_stats(s) for s in b.sources]
     captioner = None
     if b.mode == "caption":
         captioner = [cfg.engine.kind, cfg.engine.model_name or cfg.model.path, cfg.generation.max_new_tokens]
