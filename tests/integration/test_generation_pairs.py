@@ -111,7 +111,7 @@ def test_genai_bench_scored_in_both_orders_ties_counted(cli, tiny, tmp_path):
     assert {r["category"] for r in rows} == {"image_generation"}
 
 
-def test_genai_bench_video_pairs_and_bad_rows(cli, tmp_path):
+def test_genai_bench_video_pairs_and_bad_rows(cli, tiny, tmp_path):
     from r1rm.data.benchmarks import read_benchmark
     from r1rm.errors import DataError
 
@@ -128,8 +128,9 @@ def test_genai_bench_video_pairs_and_bad_rows(cli, tmp_path):
         read_benchmark("genai-bench", bad)
     bad.write_text(json.dumps({"prompt": "p", "left_image": "a.png", "right_image": "b.png", "vote_type": "meh"}) + "\n")
     proc = cli("eval", "--recipe", "recipes/tiny/eval.yaml", "eval.benchmark=genai-bench", f"data.eval=[{bad}]",
-               f"output_dir={tmp_path / 'e'}")
+               f"output_dir={tmp_path / 'e'}", f"model.path={tiny}")
     assert proc.returncode == 2 and "bad.jsonl:1" in proc.stderr and "vote_type" in proc.stderr
+    assert not (tmp_path / "e").exists()  # a failed start leaves no output folder
     assert "Traceback" not in proc.stderr
 
 
