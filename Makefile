@@ -106,6 +106,8 @@ bench: install
 	# TRL is a benchmark-only dependency (its GRPOTrainer is the baseline of bench/rl_vs_trl.py)
 	$(PY) -c "import trl" 2>/dev/null || $(PY) -m pip install -q "trl>=1.0"
 	$(PY) bench/rl_vs_trl.py
+	# r1rm judge --serve under 1 / 8 / 64 concurrent clients against a one-request-at-a-time loop
+	$(PY) bench/serve_load.py
 	# vLLM against hf (eval, RL rollouts) in vLLM's own environment (scripts/vllm_venv.sh, as make test-vllm)
 	bash scripts/vllm_venv.sh $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python bench/vllm_vs_hf.py

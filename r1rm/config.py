@@ -11,28 +11,72 @@ Each run writes its resolved config to `<output_dir>/config.yaml`.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from r1rm.core.algorithms import ALGORITHMS
-from r1rm.data.files import write_text_atomic
+from r1rm.data.files import YamlError, check_output_dir, load_yaml, write_text_atomic
 from r1rm.errors import ConfigError, InputFileError
+from r1rm.errors import where as file_line  # `where` names arguments here
 from r1rm.recipes import closest_names, find_builtin, locate, resolve_shipped
+
+# Upper bounds of the numbers whose meaning bounds them (docs/errors.md, "Numbers"):
+# tokens: past every released model's context (2^20); the load-time check then holds a run to its
+# model's own positions (r1rm.models.loading.check_context)
+MAX_TOKENS = 1 << 20
+# seeds: torch takes 64-bit seeds, but r1rm derives per-step seeds as seed x ~10^6 + offsets
+# (r1rm.commands.rl, r1rm.core.stress) that must stay below 2^64; 2^32 - 1 (numpy's legacy seed
+# range) leaves that room and is the range seeds are commonly written in
+SEED_MAX = 2**32 - 1
+# pixels per image: Qwen2-VL / 2.5-VL's own largest max_pixels (16384 visual tokens of 28x28)
+MAX_PIXELS = 16384 * 28 * 28
+# samples per prompt / item (generation.n, eval.k, rl.n_samples_per_prompt, build.cmkd.n)
+MAX_SAMPLES = 1024
+
+
+def _scalar_kinds(annotation: Any) -> set[type]:
+    """The scalar types (bool, int, float) a field's annotation admits, through Optional / unions / lists."""
+    if annotation in (bool, int, float):
+        return {annotation}
+    return set().union(*(_scalar_kinds(a) for a in typing.get_args(annotation))) if typing.get_args(annotation) else set()
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    # booleans are not integers and integers are not booleans: pydantic's lax mode would read
+    # eval.k=true as 1 and runtime.progress=1 as true; YAML's true/false are the only booleans
+    @field_validator("*", mode="before")
+    @classmethod
+    def _bool_is_no_number(cls, value: Any, info: ValidationInfo) -> Any:
+        kinds = _scalar_kinds(cls.model_fields[info.field_name].annotation)
+        items = value if isinstance(value, list) else [value]
+        if kinds and bool not in kinds and any(isinstance(v, bool) for v in items):
+            raise ValueError(f"{value!r} is a boolean, not a number; write a number")
+        if kinds == {bool} and not isinstance(value, bool) and value is not None:
+            raise ValueError(f"{value!r} is not a boolean; write true or false")
+        return value
+
+    # a rate, a learning rate or a timeout that is NaN or infinite means nothing (".inf" and "nan"
+    # parse as floats)
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a finite number; write a finite value")
+        return value
+
 
 # ---------------------------------------------------------------- model
 class LoraConfig(Section):
-    r: int = Field(0, ge=0, description="LoRA rank; 0 disables LoRA (full fine-tuning).")
-    alpha: int = Field(16, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    r: int = Field(0, ge=0, le=4096, description="LoRA rank; 0 disables LoRA (full fine-tuning).")
+    alpha: int = Field(16, ge=1, le=1 << 16, description="LoRA alpha (scaling = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch.")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -52,11 +96,12 @@ class ModelConfig(Section):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] | None = Field(
         None, description="Attention kernel; None lets transformers choose."
     )
-    min_pixels: int = Field(3136, gt=0, description="Smallest image area (pixels) the processor resizes up to.")
+    min_pixels: int = Field(3136, gt=0, le=MAX_PIXELS, description="Smallest image area (pixels) the processor resizes up to.")
     max_pixels: int = Field(
-        501760, gt=0, description="Largest image area (pixels) per sample; 640*28*28 as in R1-Reward RL and eval."
+        501760, gt=0, le=MAX_PIXELS, description="Largest image area (pixels) per sample; 640*28*28 as in R1-Reward RL and "
+        "eval; at most 16384*28*28 (Qwen2-VL's own largest)."
     )
-    video_max_frames: int = Field(8, ge=1, description="Frames sampled uniformly from a video (frames folder).")
+    video_max_frames: int = Field(8, ge=1, le=768, description="Frames sampled uniformly from a video (frames folder).")
     freeze_vision_tower: bool = Field(False, description="Freeze the vision encoder (MSRL stage 1).")
     freeze_projector: bool = Field(False, description="Freeze the vision-language projector / merger (MSRL stage 1).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
@@ -80,7 +125,7 @@ TeacherMistake = Literal["perception", "position"]
 
 
 class _SyntheticCount(Section):
-    n: int = Field(200, ge=1, description="Examples to generate (synth: train.jsonl; a synthetic build-data source: its rows).")
+    n: int = Field(200, ge=1, le=10_000_000, description="Examples to generate (synth: train.jsonl; a synthetic build-data source: its rows).")
 
 
 class SyntheticScenes(_SyntheticCount):
@@ -89,8 +134,8 @@ class SyntheticScenes(_SyntheticCount):
 
     levels: list[int] = Field(default_factory=lambda: [1], description="Difficulty levels (1-5; 6 = image-generation pairs) mixed evenly.")
     modality: Literal["image", "caption", "text"] = Field("image", description="How the scene is shown to the judge.")
-    image_size: int = Field(112, ge=28, description="Rendered image side in pixels.")
-    seed: int | None = Field(None, description="Generator seed; None uses the top-level seed.")
+    image_size: int = Field(112, ge=28, le=4096, description="Rendered image side in pixels.")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="Generator seed (0 to 2^32-1); None uses the top-level seed.")
     teacher_error: float = Field(
         0.0, ge=0, le=1, description="Simulated imperfect teacher: share of its traces in the blind spot that are "
         "mistaken (it sees what the wrong response says and concludes it); labels stay true."
@@ -106,8 +151,8 @@ class SyntheticScenes(_SyntheticCount):
 
 
 class _HeldOutSizes(_SyntheticCount):
-    n_eval: int = Field(100, ge=0, description="Held-out examples (eval.jsonl, drawn with seed + 1000).")
-    n_val: int = Field(0, ge=0, description="Validation examples for choosing checkpoints (val.jsonl, seed + 2000); 0: none.")
+    n_eval: int = Field(100, ge=0, le=10_000_000, description="Held-out examples (eval.jsonl, drawn with seed + 1000).")
+    n_val: int = Field(0, ge=0, le=10_000_000, description="Validation examples for choosing checkpoints (val.jsonl, seed + 2000); 0: none.")
 
 
 # pydantic takes fields base-first along the reversed MRO: n, n_eval, n_val, levels, ... (the order
@@ -135,25 +180,41 @@ class DataConfig(Section):
 
 # ---------------------------------------------------------------- generation / engine
 class GenerationConfig(Section):
-    max_new_tokens: int = Field(1024, ge=1, description="Most tokens generated per sample.")
+    max_new_tokens: int = Field(
+        1024, ge=1, le=MAX_TOKENS, description="Most tokens generated per sample; with the prompt it must fit the model's "
+        "positions (max_position_embeddings): checked when the model is checked, a longer prompt is refused."
+    )
     temperature: float = Field(0.0, ge=0, description="0 = greedy decoding; 1.0 for sampling (voting).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
-    top_k: int = Field(0, ge=0, description="Top-k sampling; 0 disables.")
-    n: int = Field(1, ge=1, description="Samples per request (K for voting).")
+    top_k: int = Field(0, ge=0, le=MAX_TOKENS, description="Top-k sampling; 0 disables.")
+    n: int = Field(1, ge=1, le=MAX_SAMPLES, description="Samples per request (K for voting).")
 
 
 class EngineConfig(Section):
     kind: Literal["hf", "vllm", "openai"] = Field("hf", description="Generation engine; never falls back silently.")
-    batch_size: int = Field(16, ge=1, description="Requests per generate call (hf) or in flight (vllm).")
+    batch_size: int = Field(16, ge=1, le=65536, description="Requests per generate call (hf) or in flight (vllm).")
     share_prefill: bool = Field(
         True, description="hf, n > 1 samples: prefill each prompt once and copy its KV cache to the n samples."
     )
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the endpoint's API key.")
     model_name: str | None = Field(None, description="Model name sent to the endpoint; default: model.path.")
-    concurrency: int = Field(8, ge=1, description="Concurrent requests to an endpoint.")
-    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout for endpoints.")
-    max_retries: int = Field(3, ge=0, description="Retries (with exponential backoff) per failed request.")
+    concurrency: int = Field(8, ge=1, le=4096, description="Concurrent requests to an endpoint.")
+    timeout_s: float = Field(
+        120.0, gt=0, description="openai: total deadline of one attempt at a request (connect, send, the whole "
+        "reply); a reply still arriving then is cut off, counted as a timeout and retried."
+    )
+    max_retries: int = Field(
+        3, ge=0, description="openai: retries per failed request (connection errors, timeouts, HTTP 408/429/5xx)."
+    )
+    backoff_s: float = Field(
+        1.0, gt=0, description="openai: base of the exponential backoff; the sleep before retry a is uniform in "
+        "[0, min(60, backoff_s * 2**(a-1))] s (full jitter), or the server's Retry-After (capped at 120 s)."
+    )
+    retry_budget_s: float = Field(
+        300.0, gt=0, description="openai: no retry of a request starts once this many seconds since its first "
+        "attempt would be spent (long enough for a rate-limited API's 429s)."
+    )
     requests_per_minute: float | None = Field(
         None, gt=0, description="openai: most requests started per minute (retries included); None = no limit."
     )
@@ -161,7 +222,7 @@ class EngineConfig(Section):
         "video", description="openai: a video goes as one video_url part of its frames (vLLM serve), or as one "
         "image_url part per frame (endpoints without video input, e.g. OpenAI's: the model then sees images)."
     )
-    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel degree.")
+    tensor_parallel_size: int = Field(1, ge=1, le=1024, description="vLLM tensor parallel degree.")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM share of GPU memory.")
 
 
@@ -181,11 +242,11 @@ class OptimConfig(Section):
 
 
 class SFTConfig(OptimConfig):
-    epochs: float = Field(1.0, gt=0, description="Passes over the training data (R1-Reward: 1).")
+    epochs: float = Field(1.0, gt=0, le=10_000, description="Passes over the training data (R1-Reward: 1).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(256, ge=1, description="Global batch size in samples (R1-Reward: 256).")
     micro_batch_size: int = Field(1, ge=1, description="Samples per process per forward pass.")
-    max_seq_len: int = Field(8192, ge=16, description="Longest prompt + target in tokens.")
+    max_seq_len: int = Field(8192, ge=16, le=MAX_TOKENS, description="Longest prompt + target in tokens.")
     on_truncation: Literal["skip", "error"] = Field(
         "skip", description="A sample longer than max_seq_len is skipped and counted, or stops the run."
     )
@@ -210,7 +271,15 @@ class ConsistencyConfig(Section):
     base_url: str | None = Field(None, description="mode model, openai: the endpoint, e.g. http://127.0.0.1:8001/v1.")
     model_name: str | None = Field(None, description="mode model: the model name (openai) or checkpoint (hf, vllm).")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable with the endpoint's key.")
-    timeout_s: float = Field(60.0, gt=0, description="Endpoint request timeout.")
+    timeout_s: float = Field(60.0, gt=0, description="Endpoint: total deadline of one attempt at a request.")
+    max_retries: int = Field(
+        1, ge=0, description="Endpoint: retries of a request after a connection error, timeout or HTTP 429/5xx "
+        "(engine.backoff_s and Retry-After pace them)."
+    )
+    retry_budget_s: float = Field(
+        120.0, gt=0, description="Endpoint: no retry of a request starts once this many seconds since its first "
+        "attempt would be spent."
+    )
     temperature: float = Field(0.1, ge=0, description="Checker temperature (released code: 0.1).")
     retries: int = Field(3, ge=1, description="Checker attempts before 'undecided' (released code: 3).")
 
@@ -224,7 +293,7 @@ class StressConfig(Section):
         "outlying advantages the advantage filter drops."
     )
     rollout_lag: int = Field(
-        0, ge=0, description="Rollouts sampled by, and old log-probs taken from, the policy as it was this many "
+        0, ge=0, le=64, description="Rollouts sampled by, and old log-probs taken from, the policy as it was this many "
         "rollout steps earlier (an asynchronous or stale-weights rollout engine), so ratios start far from 1: the "
         "off-policy gap Pre-CLIP bounds. Keeps that many weight copies in CPU memory; hf engine, no DeepSpeed. "
         "0 = on-policy rollouts."
@@ -253,20 +322,23 @@ class RLConfig(OptimConfig):
     algorithm: Literal[ALGORITHMS] = Field(
         "stable_reinforce", description="Advantage estimator + loss."
     )
-    epochs: float = Field(5.0, gt=0, description="Passes over the RL prompts (paper: 5; released script: 1).")
+    epochs: float = Field(5.0, gt=0, le=10_000, description="Passes over the RL prompts (paper: 5; released script: 1).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many rollout steps.")
     rollout_batch_size: int = Field(256, ge=1, description="Prompts per rollout (paper: 256).")
     train_batch_size: int = Field(128, ge=1, description="Samples per optimizer step (paper: 128).")
     micro_batch_size: int = Field(1, ge=1, description="Samples per process per forward pass.")
     ppo_epochs: int = Field(1, ge=1, description="Optimisation passes over each rollout.")
-    n_samples_per_prompt: int = Field(1, ge=1, description="Responses sampled per prompt (GRPO group size G).")
+    n_samples_per_prompt: int = Field(1, ge=1, le=MAX_SAMPLES, description="Responses sampled per prompt (GRPO group size G).")
     share_prompt_forward: bool = Field(
         True, description="Updates forward a prompt once for its n samples (micro batches of whole groups: "
         "micro_batch_size and the train batch multiples of n; not with DeepSpeed or gradient checkpointing)."
     )
     temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature.")
-    max_new_tokens: int = Field(1024, ge=1, description="Rollout response length cap.")
-    max_prompt_len: int = Field(20480, ge=16, description="Longest prompt in tokens; longer prompts are skipped, never cut.")
+    max_new_tokens: int = Field(1024, ge=1, le=MAX_TOKENS, description="Rollout response length cap.")
+    max_prompt_len: int = Field(
+        20480, ge=16, le=MAX_TOKENS, description="Longest prompt in tokens; longer prompts are skipped, never cut "
+        "(and so are prompts that leave the model's positions fewer than rl.max_new_tokens)."
+    )
     clip_eps: float = Field(0.2, gt=0, description="PPO clip epsilon (low side).")
     clip_eps_high: float | None = Field(None, gt=0, description="Upper clip epsilon (GRPO/DAPO asymmetric; MSRL: 0.28).")
     pre_clip: bool | None = Field(None, description="Clamp the log-ratio before exp; None = on for stable_reinforce.")
@@ -344,10 +416,62 @@ class JudgeConfig(Section):
     input: str | None = Field(None, description="JSONL of pairs (canonical, label optional) or of question + candidates.")
     both_orders: bool = Field(True, description="Judge every pair as given and swapped (exposes position bias).")
     served_model_name: str | None = Field(None, description="--serve: model id reported by /v1/models; default: model.path.")
-    host: str = Field("127.0.0.1", description="--serve: bind address.")
+    host: str = Field("127.0.0.1", description="--serve: bind address (a non-loopback one needs an API key or judge.allow_public).")
     port: int = Field(8000, ge=0, le=65535, description="--serve: port (0 picks a free one).")
-    api_key: str | None = Field(None, description="--serve: required bearer token; None = no auth.")
-    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="--serve: largest request body.")
+    api_key_env: str = Field(
+        "R1RM_API_KEY", min_length=1,
+        description="--serve: environment variable holding the bearer token clients must send; unset or empty = no auth. "
+        "The key itself is never written to disk.",
+    )
+    allow_public: bool = Field(False, description="--serve: allow binding a non-loopback judge.host without an API key.")
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, le=1 << 31, description="--serve: largest request body (413 above).")
+    max_request_pixels: int = Field(
+        128 * 1024 * 1024, ge=1, description="--serve: most decoded pixels over one request's images, read from their "
+        "headers before decoding (400 above); each image is also bounded by the media gate (64 x model.max_pixels)."
+    )
+    max_inflight_pixels: int = Field(
+        512 * 1024 * 1024, ge=1, description="--serve: most decoded image pixels held by all requests in the server at once "
+        "(reserved from image headers before decoding, released when the request is answered); a request that would pass "
+        "it gets 503 with Retry-After. At least judge.max_request_pixels. RGB costs 3-4 bytes per pixel."
+    )
+    max_queue: int = Field(256, ge=1, description="--serve: requests waiting for the engine; more get 503 with Retry-After.")
+    max_reward_queries: int = Field(
+        256, ge=1, description="--serve, POST /get_reward: most queries per request (400 above); each is judged in both "
+        "orders when judge.both_orders."
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="--serve: a connection whose request headers are not complete within this (from its first byte, "
+        "or from connecting) gets 408 and is closed."
+    )
+    body_timeout_s: float = Field(30.0, gt=0, description="--serve: a request whose body is not complete within this of its headers gets 408 and is closed.")
+    keep_alive_s: float = Field(5.0, gt=0, description="--serve: idle keep-alive connections are closed after this.")
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="--serve: on SIGTERM, how long in-flight requests may finish (new ones get 503) before exit."
+    )
+    reference_response: str | None = Field(
+        None, description="--serve, POST /get_reward: the baseline response a policy response is judged against when the "
+        "request's label is empty; None = every query needs a reference in its label (400 otherwise)."
+    )
+    max_k: int = Field(16, ge=1, le=256, description="--serve, /v1/judge and /v1/rank: largest `k` (samples per order) a request may ask.")
+    max_candidates: int = Field(
+        16, ge=2, le=256, description="--serve, /v1/rank: most candidates per request (N candidates cost N(N-1) judge prompts with both orders)."
+    )
+
+    @model_validator(mode="after")
+    def _pixel_budgets(self) -> JudgeConfig:
+        if self.max_inflight_pixels < self.max_request_pixels:
+            raise ValueError(f"judge.max_inflight_pixels ({self.max_inflight_pixels}) is below judge.max_request_pixels "
+                             f"({self.max_request_pixels}): a request at the limit could never be served; raise "
+                             "max_inflight_pixels or lower max_request_pixels")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_api_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "api_key" in data:
+            raise ValueError("judge.api_key was removed (a key in a recipe ends up on disk): put the key in the environment "
+                             "variable named by judge.api_key_env (default R1RM_API_KEY), e.g. `export R1RM_API_KEY=...`")
+        return data
 
 
 class EvalConfig(Section):
@@ -364,7 +488,7 @@ class EvalConfig(Section):
     orders: list[Literal["chosen_first", "chosen_second"]] = Field(
         default_factory=lambda: ["chosen_first", "chosen_second"], description="Orders each pair is judged in."
     )
-    k: int = Field(1, ge=1, description="Samples per item and order (voting needs k > 1).")
+    k: int = Field(1, ge=1, le=MAX_SAMPLES, description="Samples per item and order (voting needs k > 1).")
     temperature: float | None = Field(
         None, ge=0, description="Sampling temperature; None = greedy (0) when k is 1, 1.0 when k > 1 (METHOD §5)."
     )
@@ -385,7 +509,7 @@ class EvalConfig(Section):
 
 class VoteConfig(Section):
     generations: str | None = Field(None, description="generations.jsonl from eval; default: <output_dir>/generations.jsonl.")
-    k_max: int | None = Field(None, ge=1, description="Largest K in the curve; default: all samples present.")
+    k_max: int | None = Field(None, ge=1, le=MAX_SAMPLES, description="Largest K in the curve; default: all samples present.")
 
 
 # ---------------------------------------------------------------- build-data
@@ -431,7 +555,7 @@ class SourceConfig(SyntheticScenes, _SourceSettings):
 
 
 class TeacherConfig(Section):
-    attempts: int = Field(3, ge=1, description="Teacher attempts per sample until its answer matches the label (R1-Reward: 3).")
+    attempts: int = Field(3, ge=1, le=100, description="Teacher attempts per sample until its answer matches the label (R1-Reward: 3).")
     temperature: float = Field(0.0, ge=0, description="Temperature of the first attempt (R1-Reward: 0).")
     retry_temperature: float = Field(
         1.0, ge=0, description="Temperature of attempts 2..N (seeded with seed + attempt) so that retries can differ."
@@ -456,7 +580,7 @@ class CaptionConfig(Section):
 
 
 class CMKDConfig(Section):
-    n: int = Field(8, ge=1, description="Reasoning chains sampled per item on its caption version.")
+    n: int = Field(8, ge=1, le=MAX_SAMPLES, description="Reasoning chains sampled per item on its caption version.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the chains.")
 
 
@@ -472,7 +596,7 @@ class BuildConfig(Section):
     resize_images: bool = Field(
         True, description="Resize images above model.max_pixels with the Qwen rule (smart_resize) into images/; false leaves them to the processor."
     )
-    resize_factor: int = Field(28, ge=1, description="smart_resize factor: patch size x spatial merge (Qwen2-VL/2.5-VL: 28).")
+    resize_factor: int = Field(28, ge=1, le=1024, description="smart_resize factor: patch size x spatial merge (Qwen2-VL/2.5-VL: 28).")
     max_reject_rate: float = Field(
         0.1, ge=0, le=1, description="Fail (exit 2, rejects.jsonl written) when a source rejects more than this share of its rows."
     )
@@ -503,7 +627,7 @@ class RuntimeConfig(Section):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="Autocast for training; auto = bf16 on CUDA, none on CPU. Weights stay fp32 (master copy)."
     )
-    num_workers: int = Field(0, ge=0, description="Data loader workers.")
+    num_workers: int = Field(0, ge=0, le=1024, description="Data loader workers.")
     log_every_steps: int = Field(1, ge=1, description="Metrics logging interval.")
     report_to: list[str] | Literal["all", "none"] = Field(
         "all", description="Experiment trackers (accelerate's: tensorboard, wandb, mlflow, ...); all = every one installed, "
@@ -516,7 +640,10 @@ class RuntimeConfig(Section):
 
 class Config(Section):
     output_dir: str = Field("out/run", description="Where the run writes config.yaml, outputs and checkpoints.")
-    seed: int = Field(0, description="Global seed.")
+    seed: int = Field(
+        0, ge=0, le=SEED_MAX, description="Global seed, 0 to 2^32-1 (per-step seeds derived from it stay within torch's "
+        "64-bit range)."
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
@@ -546,7 +673,6 @@ RENAMED_KEYS = {
     "judge.engine_kind": "rl.consistency.engine_kind",
     "judge.base_url": "rl.consistency.base_url",
     "judge.model_name": "rl.consistency.model_name",
-    "judge.api_key_env": "rl.consistency.api_key_env",
     "judge.timeout_s": "rl.consistency.timeout_s",
     "judge.temperature": "rl.consistency.temperature",
     "judge.retries": "rl.consistency.retries",
@@ -555,23 +681,26 @@ RENAMED_KEYS = {
     "runtime.wandb_project": "runtime.project",
 }
 
-
-class _LineLoader(yaml.SafeLoader):
-    """A YAML loader that remembers the line of every mapping key as `{dotted.path: line}`."""
-
+# keys removed, old -> how to say it now (a recipe spelling one is refused by its section's validator)
+REMOVED_KEYS = {
+    "judge.api_key": "put the key in the environment variable named by judge.api_key_env (default R1RM_API_KEY): "
+                     "a key in a recipe or on the command line ends up on disk",
+}
 
 def _load_yaml_with_lines(path: Path) -> tuple[Any, dict[str, int]]:
+    """A recipe's value through the one guarded YAML loader (data.files.load_yaml: no alias bombs,
+    no recursive aliases, no `!!python/` tags, no key given twice) and the line of every key as
+    `{dotted.path: line}`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigError("recipe is not valid UTF-8 text", where=str(path), fix="save the recipe as UTF-8") from None
     try:
-        node = yaml.compose(text, Loader=_LineLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        loc = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"recipe is not valid YAML: {getattr(e, 'problem', e)}", where=loc,
-                          fix="check indentation and quoting on that line") from None
+        data, node = load_yaml(text)
+    except YamlError as e:
+        what = e.brief if e.brief.startswith("not valid YAML") else f"recipe refused: {e.brief}"
+        raise ConfigError(what.replace("not valid YAML", "recipe is not valid YAML", 1), where=file_line(path, e.line),
+                          fix=e.hint) from None
     lines: dict[str, int] = {}
 
     def walk(n: yaml.Node, prefix: str) -> None:
@@ -588,7 +717,6 @@ def _load_yaml_with_lines(path: Path) -> tuple[Any, dict[str, int]]:
 
     if node is not None:
         walk(node, "")
-    data = yaml.load(text, Loader=yaml.SafeLoader)
     return data, lines
 
 
@@ -670,10 +798,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key.strip() or any(not part for part in parts):
         raise ConfigError(f"override '{text}' has an empty key part", fix="write overrides as dotted.key=value, e.g. rl.lr=1e-6")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override '{text}': value is not valid YAML ({getattr(e, 'problem', e)})",
-                          fix="quote strings and write lists as [a, b]") from None
+        value = load_yaml(raw)[0] if raw.strip() else None
+    except YamlError as e:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({e.brief.removeprefix('not valid YAML: ')})",
+                          fix="quote strings and write lists as [a, b]" if e.brief.startswith("not valid") else e.hint) from None
     # YAML 1.1 reads 1e-6 as a string: pydantic's lax mode turns it into the float a float field wants
     return parts, value
 
@@ -718,6 +846,8 @@ def apply_override(raw: dict, parts: list[str], value: Any, text: str) -> None:
             if dotted in RENAMED_KEYS:
                 raise ConfigError(f"override '{text}': '{dotted}' was renamed to {RENAMED_KEYS[dotted]}",
                                   fix=f"write {RENAMED_KEYS[dotted]}=VALUE")
+            if dotted in REMOVED_KEYS:
+                raise ConfigError(f"override '{text}': '{dotted}' was removed", fix=REMOVED_KEYS[dotted])
             prefix = "".join(p + "." for p in parts[:i])
             raise ConfigError(f"override '{text}': unknown key '{dotted}'", fix=_suggest(part, list(model.model_fields), prefix))
         if i == len(parts) - 1:
@@ -804,6 +934,7 @@ def config_to_yaml(cfg: Config) -> str:
 def save_config(cfg: Config, out_dir: str | os.PathLike | None = None) -> Path:
     """Write the resolved config to `<output_dir>/config.yaml` (atomically) and return its path."""
     out = Path(out_dir or cfg.output_dir)
+    check_output_dir(out)  # a file in its place, or a parent that is a file: exit 2 naming it, no traceback
     out.mkdir(parents=True, exist_ok=True)
     path = out / "config.yaml"
     write_text_atomic(path, config_to_yaml(cfg))

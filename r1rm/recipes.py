@@ -21,8 +21,7 @@ import difflib
 import shutil
 from pathlib import Path
 
-import yaml
-
+from r1rm.data.files import load_yaml
 from r1rm.errors import ConfigError, InputFileError
 
 SUFFIXES = (".yaml", ".yml")
@@ -121,7 +120,7 @@ def resolve_shipped(value: str, recipe_dir: Path | None) -> Path | None:
 
 def _shipped_refs(path: Path) -> list[Path]:
     """The files a recipe names relative to its own folder: its `inherit:` parents and runtime.deepspeed."""
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = load_yaml(path.read_text(encoding="utf-8-sig"))[0] or {}
     refs: list[str] = []
     parents = data.get("inherit") if isinstance(data, dict) else None
     refs += [parents] if isinstance(parents, str) else [x for x in parents or [] if isinstance(x, str)]

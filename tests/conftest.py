@@ -54,13 +54,17 @@ def tiny(tmp_path_factory) -> Path:
 
 
 @contextlib.contextmanager
-def served_cli(*args: str, timeout_s: float = 120):
-    """Run `r1rm judge --serve ARGS judge.port=0` and yield its base URL; stop it afterwards."""
+def served_process(*args: str, env: dict | None = None, timeout_s: float = 120):
+    """Run `r1rm judge --serve ARGS judge.port=0` (environment `env` added to this one) and yield
+    (base URL ending in /v1, the process, the path of its stderr: the access log); stop it afterwards and
+    delete the log. stderr goes to a file, so a long access log never fills a pipe and blocks the server."""
     import re
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "r1rm.cli", "judge", "--serve", *map(str, args), "judge.port=0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = Path(tempfile.mkstemp(prefix="r1rm-serve-", suffix=".log")[1])
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "r1rm.cli", "judge", "--serve", *map(str, args), "judge.port=0"],
+                                stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, **(env or {})})
     line = ""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -69,8 +73,22 @@ def served_cli(*args: str, timeout_s: float = 120):
             break
     m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
     try:
-        assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
-        yield f"http://127.0.0.1:{m.group(1)}/v1"
+        assert m, (line, log.read_text())
+        yield f"http://127.0.0.1:{m.group(1)}/v1", proc, log
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        finally:
+            log.unlink(missing_ok=True)  # the server's log lives as long as the server
+
+
+@contextlib.contextmanager
+def served_cli(*args: str, env: dict | None = None, timeout_s: float = 120):
+    """`served_process`, yielding only the base URL."""
+    with served_process(*args, env=env, timeout_s=timeout_s) as (url, _, _):
+        yield url

@@ -1,4 +1,9 @@
-"""Kill a `r1rm` run with SIGKILL at a random, replayable moment (the kill-and-resume fault tests).
+"""Kill a `r1rm` run with SIGKILL at a named phase, or at a random, replayable moment (the kill-and-resume
+fault tests).
+
+`kill_at_phase` sets _R1RM_TEST_KILL_AT="phase:n" and the run kills itself the n-th time it reaches that
+point (r1rm.runtime.checkpoint.kill_point: load, step, checkpoint, end, record): the moment does not
+depend on the machine's speed. The helpers below draw moments at random instead.
 
 Every draw comes from a `random.Random` seeded by R1RM_KILL_SEED (default 1729), the test's
 label and the attempt number, and every kill is reported as `kill <label>#<attempt>
@@ -94,6 +99,21 @@ def kill_at_random_moment(args: list, *, label: str, attempt: int, duration_s: f
     frac = kill_rng(label, attempt).uniform(lo, hi)
     return run_and_kill(args, label=label, attempt=attempt, delay_s=frac * duration_s,
                         note=f"{100 * frac:.0f}% of {duration_s:.1f}s, ", **kw)
+
+
+def kill_at_phase(args: list, *, label: str, phase: str, left: Callable[[], str] | None = None,
+                  timeout_s: float = 600, cwd: Path = REPO) -> Kill:
+    """Run `python -m r1rm.cli ARGS` with _R1RM_TEST_KILL_AT=`phase` ("name:n", r1rm.runtime.checkpoint.kill_point):
+    the run SIGKILLs itself the n-th time it reaches that point — the same moment on a fast or a slow
+    machine. `killed` says whether it did (returncode -9); a run that never reached the point ends by itself."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1", "_R1RM_TEST_KILL_AT": phase}
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "r1rm.cli", *map(str, args)], cwd=cwd, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=timeout_s)
+    kill = Kill(label, 0, 0.0, proc.returncode == -signal.SIGKILL, proc.returncode, time.monotonic() - t0,
+                proc.stderr[-3000:], f"at {phase}, ", left() if left else "")
+    print(kill)
+    return kill
 
 
 def training_state(out: Path) -> str:

@@ -1,4 +1,5 @@
-"""`r1rm check-data`: validate canonical JSONL files line by line, and their media.
+"""`r1rm check-data`: validate canonical JSONL files line by line, and their media (every image and
+frame through the media gate, r1rm.data.media.admit_image, bounded by 64 x --max-pixels).
 
 Bad lines are reported with file:line and reason (and written to --rejects); the
 command exits with code 2 when any line is bad, 0 when all are valid.
@@ -10,25 +11,23 @@ from collections import Counter
 from pathlib import Path
 
 from r1rm.data.files import RowError, write_jsonl_atomic
-from r1rm.data.media import check_image, default_image_root, resolve_path, resolve_video
-from r1rm.data.records import Record, Reject, dataset_files, read_numbered_records
+from r1rm.data.media import default_image_root
+from r1rm.data.records import Reject, check_record_media, dataset_files, read_numbered_records
 from r1rm.errors import DataError
 
 
-def check_record_media(rec: Record, root: Path, max_pixels: int | None = None) -> None:
-    """Open every image / frame the record refers to; raise RowError on the first bad one
-    (an image above 64 x `max_pixels` pixels is refused before it is decoded)."""
-    for p in rec.images:
-        check_image(resolve_path(p, root), max_pixels=max_pixels)
-    if rec.video:
-        for frame in resolve_video(rec.video, root, max_frames=10**9):
-            check_image(frame, max_pixels=max_pixels)
-    for r in (rec.response1, rec.response2):
-        if r.kind == "image":
-            check_image(resolve_path(r.visual, root), max_pixels=max_pixels)
-        elif r.kind == "video":
-            for frame in resolve_video(r.visual, root, max_frames=10**9):
-                check_image(frame, max_pixels=max_pixels)
+def _with_raw_lines(f: Path, rejects: list[Reject]) -> list[Reject]:
+    """`rejects` with the raw text of their lines (a media error is found after the line was parsed): the
+    rejects file holds what to correct, as for every other bad line."""
+    from dataclasses import replace
+
+    from r1rm.data.files import json_lines
+
+    want = {r.line for r in rejects if not r.raw}
+    if not want:
+        return rejects
+    raw = {i: text for i, text, _ in json_lines(f) if i in want}
+    return [replace(r, raw=raw.get(r.line, "")) if not r.raw else r for r in rejects]
 
 
 def run(files: list[Path], *, image_root: Path | None, check_media: bool = True, rejects_path: Path | None = None,
@@ -53,14 +52,14 @@ def run(files: list[Path], *, image_root: Path | None, check_media: bool = True,
         for line, rec in read_numbered_records(f, image_root=root, rejects=mine):
             if check_media:
                 try:
-                    check_record_media(rec, root, max_pixels)
+                    check_record_media(rec, root, max_pixels=max_pixels)
                 except RowError as e:
-                    mine.append(Reject(str(f), line, e.reason, str(e), rec.uid))
+                    mine.append(Reject(str(f), line, e.reason, str(e), ""))  # its raw line: filled in below
                     continue
             ok += 1
             labels[rec.label] += 1
             modalities[rec.modality] += 1
-        rejects += mine
+        rejects += _with_raw_lines(f, mine)
         totals["valid"] += ok
         totals["rejected"] += len(mine)
         table.add_row(str(f), str(ok), str(len(mine)), str(labels[1]), str(labels[2]),

@@ -91,13 +91,16 @@ def run(cfg: Config, *, from_generations: str | os.PathLike | None = None) -> di
     from r1rm.engines import check_engine
     from r1rm.runtime.dist import process_state
 
+    # the environment first (output_dir writable, the checkpoint whole, max_new_tokens within its positions),
+    # then the model and the benchmark, all before output_dir is made: a failed start leaves no folder
+    eval_path(cfg)  # a config mistake (no benchmark named) is said before the environment's
+    check_engine(cfg)
     identity = _checked_identity(cfg, out)  # generations already here must be this eval's (before any write)
     from r1rm.runtime.tracking import resolve
 
     resolve(cfg.runtime.report_to)  # an unknown / uninstalled tracker stops the run now, not after generating
-    # the model and the benchmark are checked before output_dir is made: a failed start leaves no folder
-    check_engine(cfg)
     records, root, skipped = _read_items(cfg)
+    identity = _checked_media(out, identity, records, root)  # the images the generations were drawn from
     save_config(cfg)
     if skipped:
         write_jsonl_atomic(out / "skipped.jsonl", skipped)
@@ -108,19 +111,88 @@ def run(cfg: Config, *, from_generations: str | os.PathLike | None = None) -> di
         write_json_atomic(out / "run.json", identity)
     params = _sampling(cfg)
     writer = JsonlAppender(gen_path, key="key")
+    _say_repaired(writer)
     todo = _pending(cfg, records[rank::world], writer)
     n_total = len(records[rank::world]) * len(cfg.eval.orders)
-    failures, speedups = (_generate(cfg, todo, writer, params, root=root, n_total=n_total, rank=rank, world=world)
-                          if todo else ([], None))
+    failures, speedups, stats = (_generate(cfg, todo, writer, params, root=root, n_total=n_total, rank=rank,
+                                           world=world) if todo else ([], None, None))
     writer.close()
-    if failures:
-        write_jsonl_atomic(out / (f"failures.rank{rank}.jsonl" if world > 1 else "failures.jsonl"), failures)
+    _write_rank_outcome(out, rank, world, failures, stats)
+    failures_where = str(out / "failures.jsonl")
     if world > 1:
         state.wait_for_everyone()
         if not state.is_main_process:
             return {}
         gen_path = merge_rank_files(out, world)
-    return _score(cfg, out, records, gen_path, skipped=skipped, failures=failures, params=params, speedups=speedups)
+        failures, stats = _reduce_ranks(out, world)  # every process's failures count, not rank 0's alone
+        failures_where = f"{out}/failures.rank*.jsonl"
+    return _score(cfg, out, records, gen_path, skipped=skipped, failures=failures, params=params, speedups=speedups,
+                  repaired=len(writer.repaired), engine_stats=stats, failures_where=failures_where)
+
+
+def _write_rank_outcome(out: Path, rank: int, world: int, failures: list[dict], stats: dict | None) -> None:
+    """This process's engine failures (failures.jsonl, or failures.rank{R}.jsonl with several processes) and,
+    with several, its engine counters (engine.rank{R}.json) for rank 0 to add up; a run that left nothing to
+    retry (or made no engine) supersedes an earlier run's file."""
+    failures_path = out / (f"failures.rank{rank}.jsonl" if world > 1 else "failures.jsonl")
+    if failures:
+        write_jsonl_atomic(failures_path, failures)
+    else:
+        failures_path.unlink(missing_ok=True)
+    if world > 1:
+        stats_path = out / f"engine.rank{rank}.json"
+        if stats is not None:
+            write_json_atomic(stats_path, stats)
+        else:
+            stats_path.unlink(missing_ok=True)
+
+
+def _reduce_ranks(out: Path, world: int) -> tuple[list[dict], dict | None]:
+    """Every process's engine failures (failures.rank*.jsonl) and engine counters (engine.rank*.json, summed;
+    None when no process made an engine), read by rank 0 after the barrier."""
+    from r1rm.data.files import json_lines, read_json
+
+    failures: list[dict] = []
+    stats: dict | None = None
+    for r in range(world):
+        path = out / f"failures.rank{r}.jsonl"
+        if path.is_file():
+            failures += [row for _, _, row in json_lines(path) if isinstance(row, dict)]
+        path = out / f"engine.rank{r}.json"
+        if path.is_file():
+            part = read_json(path, fix=f"delete {path} and rerun")
+            stats = _add_stats(stats, part) if isinstance(part, dict) else stats
+    return failures, stats
+
+
+def _add_stats(total: dict | None, part: dict) -> dict:
+    """Engine counters added up: numbers summed, `failures_by_kind` summed per kind."""
+    total = dict(total or {})
+    for key, value in part.items():
+        if isinstance(value, dict):
+            total[key] = dict(Counter(total.get(key, {})) + Counter(value))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def _earlier(out: Path, key: str) -> dict | None:
+    """What an earlier invocation of this eval recorded under `key` in metrics.json (None: nothing)."""
+    from r1rm.data.files import LineError, loads_json
+
+    try:
+        earlier = loads_json((out / "metrics.json").read_bytes(), allow_nan=True)
+    except (OSError, LineError):
+        return None
+    return earlier.get(key) if isinstance(earlier, dict) else None
+
+
+def _say_repaired(writer: JsonlAppender) -> None:
+    """Say (stderr) what a kill left cut at the end of the output that opening it dropped: it is written again."""
+    import sys
+
+    for line in writer.repaired:
+        sys.stderr.write(f"repaired {line}; it is written again\n")
 
 
 def _checked_identity(cfg: Config, out: Path) -> dict:
@@ -130,6 +202,20 @@ def _checked_identity(cfg: Config, out: Path) -> dict:
 
     identity = {**identity_of(cfg.model_dump(mode="json"), "eval"), "model.stamp": model_stamp(cfg.model.path),
                 "eval.data.sha256": data_fingerprint(_eval_files(cfg))}
+    check_same_eval(out, identity, [out / GENERATIONS, *out.glob(rank_file("*"))])
+    return identity
+
+
+def _checked_media(out: Path, identity: dict, records: list, root) -> dict:
+    """The identity with the media the records refer to (content stamps, and where they resolved);
+    refuses an output_dir whose generations were drawn from other images under the same names."""
+    from r1rm.runtime.checkpoint import MEDIA, MEDIA_ROOT, check_same_eval, earlier_media, media_stamps
+
+    # the main process stamps (and run.json records) the media; the others, which neither write run.json nor
+    # need to refuse twice, skip reading them. A resume re-reads only files whose size or mtime changed.
+    main = os.environ.get("RANK", "0") == "0"
+    stamps = media_stamps(records, root, earlier=earlier_media(out)) if main else {}
+    identity = {**identity, MEDIA_ROOT: str(root) if root is not None else None, MEDIA: stamps}
     check_same_eval(out, identity, [out / GENERATIONS, *out.glob(rank_file("*"))])
     return identity
 
@@ -161,6 +247,7 @@ def _read_items(cfg: Config) -> tuple[list, str | None, list]:
             cfg.eval.benchmark, path, image_root=cfg.eval.image_root or cfg.data.image_root, check_media=True,
             skip_missing_media=cfg.eval.skip_missing_media, limit=cfg.eval.limit, skipped=skipped, subset=cfg.eval.subset,
             split=cfg.eval.split, media_dir=out / "media", video_max_frames=cfg.model.video_max_frames,
+            max_pixels=cfg.model.max_pixels,  # the media gate refuses images above 64 x this before decoding
         )
     except R1RMError:
         if not existed:  # a failed start leaves no folder (media written before the bad row go too)
@@ -194,16 +281,19 @@ def _pending(cfg: Config, mine: list, writer: JsonlAppender) -> list[tuple]:
 
 
 def _generate(cfg: Config, todo: list, writer: JsonlAppender, params, *, root, n_total: int, rank: int,
-              world: int) -> tuple[list[dict], dict | None]:
+              world: int) -> tuple[list[dict], dict | None, dict | None]:
     """Generate what is missing, appending each sample as it comes; engine failures are returned, not written,
-    with the engine's speed-ups (on, or off and why: r1rm.models.families)."""
+    with the engine's speed-ups (on, or off and why: r1rm.models.families) and its counters (an endpoint's
+    requests, retries and failures by kind: OpenAIEngine.stats; None for an engine without them)."""
     from r1rm.data.chat import oriented, record_messages
     from r1rm.engines import make_engine
     from r1rm.engines.base import Request
+    from r1rm.runtime.checkpoint import kill_point
     from r1rm.runtime.progress import make_progress
 
     failures: list[dict] = []
     engine = make_engine(cfg)
+    kill_point("load")
     chunk = max(1, cfg.engine.batch_size) * 4
     with make_progress(enabled=cfg.runtime.progress, unit="items") as bar:
         task = bar.add_task(f"eval {cfg.eval.benchmark}" + (f" [rank {rank}/{world}]" if world > 1 else ""),
@@ -224,12 +314,15 @@ def _generate(cfg: Config, todo: list, writer: JsonlAppender, params, *, root, n
                         failures.append({"key": [rec.uid, order, s], "error": samples[s].error})
                         continue
                     writer.append(generation_row(rec, order, s, samples[s], allow_fallback=cfg.eval.answer_fallback))
+                    kill_point("record")  # the kill-and-resume test's moments (no effect unless _R1RM_TEST_KILL_AT says)
     engine.close()
-    return failures, getattr(engine, "speedups", None)
+    stats = engine.stats() if callable(getattr(engine, "stats", None)) else None
+    return failures, getattr(engine, "speedups", None), stats
 
 
 def _score(cfg: Config, out: Path, records: list, gen_path: Path, *, skipped: list, failures: list, params,
-           speedups: dict | None = None) -> dict:
+           speedups: dict | None = None, repaired: int = 0, engine_stats: dict | None = None,
+           failures_where: str = "") -> dict:
     """metrics.json / report.md from every generation of these records; an incomplete eval raises after writing."""
     from r1rm.core.metrics import compute_metrics
 
@@ -237,16 +330,28 @@ def _score(cfg: Config, out: Path, records: list, gen_path: Path, *, skipped: li
     rows = read_generations(gen_path, allow_empty=True)
     wanted = {rec.uid for rec in records}
     rows = [r for r in rows if r["uid"] in wanted and r["order"] in cfg.eval.orders and r["sample"] < k]
-    metrics = compute_metrics(rows, benchmark=cfg.eval.benchmark)
+    # this invocation's engine failures count in error_rate: their samples are not in the generations
+    metrics = compute_metrics(rows, benchmark=cfg.eval.benchmark, n_failures=len(failures))
+    metrics["n_engine_failures"] = len(failures)
+    metrics["engine_failures_by_kind"] = dict(Counter(f["error"].split(":", 1)[0] for f in failures))
     expected = len(records) * len(cfg.eval.orders) * k
     metrics["complete"] = len(rows) == expected
     metrics["n_missing_generations"] = expected - len(rows)
     metrics["n_skipped"] = len(skipped)
+    metrics["n_repaired_lines"] = repaired  # a last line a kill cut, dropped and written again
     metrics["skipped_by_reason"] = dict(Counter(r.reason for r in skipped))
     metrics["sampling"] = {"k": k, "temperature": params.temperature, "max_new_tokens": params.max_new_tokens}
-    if speedups is not None:  # the engine of this invocation (none when every generation was already written)
+    # no engine this invocation (every generation already written): the run's record stays
+    speedups = speedups if speedups is not None else _earlier(out, "speedups")
+    if speedups is not None:
         metrics["speedups"] = speedups
+    engine_stats = engine_stats if engine_stats is not None else _earlier(out, "engine")
+    if engine_stats is not None:  # an endpoint's requests, retries, failures by kind (this invocation's)
+        metrics["engine"] = engine_stats
     write_metrics(out, metrics)
+    from r1rm.runtime.checkpoint import kill_point
+
+    kill_point("end")  # the kill-and-resume test's "after the end" moment
     print_metrics(metrics)
     if metrics["complete"]:  # an incomplete eval's rerun logs the whole result
         from r1rm.runtime.tracking import log_eval
@@ -255,8 +360,11 @@ def _score(cfg: Config, out: Path, records: list, gen_path: Path, *, skipped: li
     if not metrics["complete"]:
         raise IncompleteRunError(
             f"eval incomplete: {metrics['n_missing_generations']} of {expected} generations are missing "
-            f"({len(failures)} engine failures listed in {out}/failures.jsonl"
+            f"({len(failures)} engine failures listed in {failures_where or out / 'failures.jsonl'}"
             + (f", the first: {failures[0]['error']}" if failures else "") + "); metrics.json says complete: false",
-            fix="rerun the same command: it generates only what is missing",
+            fix="shorten those items or lower generation.max_new_tokens (a prompt_too_long failure comes back on "
+            "every rerun), then rerun" if failures and all(str(f["error"]).startswith("prompt_too_long")
+                                                           for f in failures)
+            else "rerun the same command: it generates only what is missing",
         )
     return metrics

@@ -57,7 +57,8 @@ def held_out_eval(cfg: Config, acc, model, processor, *, step: int) -> dict:
     from r1rm.engines.hf import HFEngine
     from r1rm.runtime.accel import gathered_for_generation
 
-    items = read_items(cfg.data.eval, image_root=cfg.data.image_root, target_field=None)[: cfg.rl.eval_limit]
+    items = read_items(cfg.data.eval, image_root=cfg.data.image_root, target_field=None,
+                       max_pixels=cfg.model.max_pixels)[: cfg.rl.eval_limit]
     mine = items[acc.process_index::acc.num_processes]
     engine = HFEngine(acc.unwrap_model(model), processor, batch_size=cfg.engine.batch_size,
                       share_prefill=cfg.engine.share_prefill)
@@ -187,7 +188,8 @@ def _plan(cfg: Config) -> Plan:
     if rc.keep_best and not (rc.eval_every_steps and cfg.data.eval):
         raise ConfigError("rl.keep_best needs the periodic eval: rl.eval_every_steps > 0 and a data.eval file",
                           fix="set rl.eval_every_steps and data.eval=[a validation split] (not the test set), or drop rl.keep_best")
-    items = read_items(cfg.data.train, image_root=cfg.data.image_root, target_field=None)
+    items = read_items(cfg.data.train, image_root=cfg.data.image_root, target_field=None,
+                       max_pixels=cfg.model.max_pixels)
     items, flipped = with_label_noise(items, rc.stress.label_noise)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     lag = rc.stress.rollout_lag
@@ -298,6 +300,16 @@ def _engine_context(cfg: Config, t: Training) -> int:
     return min(want, own) if own else want
 
 
+def _prompt_limit(cfg: Config, t: Training) -> int:
+    """The longest prompt a rollout takes (a longer one is skipped and counted): rl.max_prompt_len, and
+    no more than the model's positions leave for rl.max_new_tokens (the start refuses max_new_tokens
+    that leave none: r1rm.runtime.training.checked_identity)."""
+    from r1rm.models.loading import max_positions
+
+    own = max_positions(t.acc.unwrap_model(t.model).config)
+    return min(cfg.rl.max_prompt_len, own - cfg.rl.max_new_tokens) if own else cfg.rl.max_prompt_len
+
+
 def _probe(cfg: Config, t: Training, plan: Plan, *, eos_id: int):
     """The weight-sync probe: the first RL item's prompt as rollouts show it (its video parts left out:
     the probe scores images and text), with a fixed response. The same on every process."""
@@ -406,7 +418,7 @@ def _rollout(cfg: Config, t: Training, plan: Plan, sampler: Sampler, mine: list[
     # each item as given, and with rl.both_orders also swapped (label follows) in the same batch
     shown = [(i, rec) for i in mine for rec in ((plan.items[i].rec, plan.items[i].rec.swapped()) if rc.both_orders
                                                 else (plan.items[i].rec,))]
-    prompts, keep, requests = _encode_prompts(cfg, t.processor, plan.items, shown, counters)
+    prompts, keep, requests = _encode_prompts(cfg, t.processor, plan.items, shown, counters, limit=_prompt_limit(cfg, t))
     sampling = SamplingParams(max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, n=plan.n,
                               seed=cfg.seed * 100_003 + step * 131 + t.acc.process_index)
     t_gen = time.perf_counter()
@@ -427,7 +439,8 @@ def _rollout(cfg: Config, t: Training, plan: Plan, sampler: Sampler, mine: list[
                    task_types=task_types, valid=valid, t_gen=t_gen, t_rollout=time.perf_counter() - t0)
 
 
-def _encode_prompts(cfg: Config, processor, items: list, shown: list, counters: dict) -> tuple[list, list, list]:
+def _encode_prompts(cfg: Config, processor, items: list, shown: list, counters: dict, *,
+                    limit: int) -> tuple[list, list, list]:
     from r1rm.data.chat import record_messages
     from r1rm.data.media import fit_visuals
     from r1rm.engines.base import Request
@@ -441,7 +454,7 @@ def _encode_prompts(cfg: Config, processor, items: list, shown: list, counters: 
                                            video_max_frames=cfg.model.video_max_frames,
                                            max_pixels=cfg.model.max_pixels))
         enc = encode_prompt(processor, msgs)
-        ok = enc["input_ids"].shape[1] <= cfg.rl.max_prompt_len
+        ok = enc["input_ids"].shape[1] <= limit
         counters["skipped_long_prompts"] += 0 if ok else 1
         prompts.append(enc)
         keep.append(ok)

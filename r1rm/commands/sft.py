@@ -48,7 +48,8 @@ def run(cfg: Config) -> dict:
     identity = training.checked_identity(cfg, "sft")  # another run's checkpoints: refused before any write
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accum = split_batch(sc.batch_size, sc.micro_batch_size, world, keys=("sft.batch_size", "sft.micro_batch_size"))  # a config mistake stops before any reading
-    items = read_items(cfg.data.train, image_root=cfg.data.image_root, target_field=sc.target_field)
+    items = read_items(cfg.data.train, image_root=cfg.data.image_root, target_field=sc.target_field,
+                       max_pixels=cfg.model.max_pixels)
     steps_per_epoch = len(items) // sc.batch_size if sc.drop_last else math.ceil(len(items) / sc.batch_size)
     if steps_per_epoch == 0:
         raise DataError(f"{len(items)} training samples are fewer than one batch of {sc.batch_size}",

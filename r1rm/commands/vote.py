@@ -13,11 +13,10 @@ else `eval.benchmark`. Writes `votes.json`, `votes.md` and `votes.png`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from r1rm.config import Config, save_config
-from r1rm.data.files import atomic_path, write_json_atomic, write_text_atomic
+from r1rm.data.files import LineError, atomic_path, loads_json, write_json_atomic, write_text_atomic
 from r1rm.errors import ConfigError, DataError
 
 CURVES = ("majority", "any", "weighted", "early_stop")
@@ -38,9 +37,9 @@ def eval_benchmark(cfg: Config, generations: Path) -> tuple[str, str]:
         if not path.is_file():
             continue
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"the eval run's {name} is unreadable ({e})", where=str(path),
+            record = loads_json(path.read_bytes(), allow_nan=True)
+        except LineError as e:
+            raise DataError(f"the eval run's {name} is unreadable ({e.brief})", where=str(path),
                             fix=f"rerun the eval, or remove {name} and set eval.benchmark") from None
         recorded = record.get(key) if isinstance(record, dict) else None
         if recorded not in BENCHMARKS:

@@ -87,8 +87,11 @@ def _right(row: Mapping[str, Any]) -> float:
     return 1.0 if row.get("choice") == expected_choice(row["order"]) else 0.0
 
 
-def compute_metrics(rows: Iterable[Mapping[str, Any]], *, benchmark: str) -> dict:
-    """All metrics of one benchmark run from its generation rows (METHOD §5; see module doc)."""
+def compute_metrics(rows: Iterable[Mapping[str, Any]], *, benchmark: str, n_failures: int = 0) -> dict:
+    """All metrics of one benchmark run from its generation rows (METHOD §5; see module doc).
+
+    `n_failures`: samples the engine failed to produce (no row written); `error_rate` is the share of
+    rows with an error plus these among all samples attempted."""
     if benchmark not in BENCHMARKS:
         raise ValueError(f"benchmark must be one of {', '.join(BENCHMARKS)}, got {benchmark!r}")
     rows = list(rows)
@@ -126,7 +129,7 @@ def compute_metrics(rows: Iterable[Mapping[str, Any]], *, benchmark: str) -> dic
         "n_generations": n,
         "parse_fail_rate": _share(sum(r.get("choice") is None for r in rows), n),
         "fallback_rate": _share(sum(r.get("choice_source") == "fallback" for r in rows), n),
-        "error_rate": _share(sum(bool(r.get("error")) for r in rows), n),
+        "error_rate": _share(sum(bool(r.get("error")) for r in rows) + n_failures, n + n_failures),
         "first_choice_rate": _share(sum(c == 1 for c in parsed), len(parsed)),
         "position_consistency": position_consistency(by_item),
         "accuracy": {

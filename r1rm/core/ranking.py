@@ -62,3 +62,25 @@ def pick_best(wins: list[list[float]], strength: list[float], *, tol: float = 1e
     if len(order) > 1 and abs(strength[order[0]] - strength[order[1]]) <= tol:
         return None, "tie"
     return order[0], None
+
+
+def count_win(wins: list[list[float]], i: int, j: int, choice: int | None) -> bool:
+    """Add one verdict on the pair (candidate i shown as response 1, j as response 2) to `wins`:
+    choice 1 is a win of i over j, 2 one of j over i; False (nothing added) for an undecided verdict."""
+    if choice == 1:
+        wins[i][j] += 1
+    elif choice == 2:
+        wins[j][i] += 1
+    else:
+        return False
+    return True
+
+
+def ranking_summary(wins: list[list[float]]) -> dict:
+    """Per-candidate win rate and Bradley–Terry strength, the ranking (best first) and the best candidate
+    with the reason there is none (`pick_best`): what `r1rm judge` and `POST /v1/rank` report."""
+    rates = win_rates(wins)
+    strength = bradley_terry(wins)
+    best, why = pick_best(wins, strength)
+    return {"scores": [{"candidate": i, "win_rate": rates[i], "strength": strength[i]} for i in range(len(wins))],
+            "ranking": rank(strength), "best": best, "best_reason": why, "wins": wins}

@@ -62,16 +62,16 @@ from typing import Any
 
 from r1rm.data.files import FileRow, RowError, json_fallback, read_rows, write_bytes_atomic
 from r1rm.data.hub import media_root, r1rm_cache, resolve_data, unzipped
-from r1rm.data.media import check_image, folder_frames, resolve_path
+from r1rm.data.media import admit_image, image_header, resolve_path
 from r1rm.data.records import (
     Record,
     Reject,
     check_paths,
+    check_record_media,
     content_uid,
     dataset_files,
     parse_record,
     read_numbered_records,
-    record_paths,
 )
 from r1rm.errors import DataError, InputFileError, where
 
@@ -192,12 +192,13 @@ def read_benchmark(
     split: str | None = None,
     media_dir: str | os.PathLike | None = None,
     video_max_frames: int = 8,
+    max_pixels: int | None = None,
 ) -> list[Record]:
     """Read benchmark `name` from `path` into Records (METHOD §5), in file order (`load_benchmark`
     without the media root)."""
     return load_benchmark(name, path, image_root=image_root, check_media=check_media, skip_missing_media=skip_missing_media,
                           limit=limit, skipped=skipped, subset=subset, split=split, media_dir=media_dir,
-                          video_max_frames=video_max_frames).records
+                          video_max_frames=video_max_frames, max_pixels=max_pixels).records
 
 
 @dataclass
@@ -223,6 +224,7 @@ def load_benchmark(
     split: str | None = None,
     media_dir: str | os.PathLike | None = None,
     video_max_frames: int = 8,
+    max_pixels: int | None = None,
 ) -> Benchmark:
     """Read benchmark `name` from `path` — a file, a folder of parquet shards, a hub snapshot folder or
     a hub dataset id (r1rm.data.hub; `subset`, `split`) — into Records (METHOD §5), in file order.
@@ -230,9 +232,10 @@ def load_benchmark(
     Media paths resolve under `image_root` (default: hub.media_root). Embedded image bytes and
     frames decoded from video files are written under `media_dir` (the run's output folder; default
     r1rm's cache), never next to the data; a file whose items use them resolves every media path
-    under `media_dir` (returned as `root`). check_media: open every image (and list every frames
-    folder); a missing or unreadable one raises DataError naming the item id and file:line, unless
-    skip_missing_media, which skips the item and appends a Reject to `skipped`. `limit` keeps the
+    under `media_dir` (returned as `root`). check_media: pass every image and frame through the media gate
+    (r1rm.data.media.admit_image, bounded by 64 x `max_pixels`); one it refuses (missing, unreadable, a
+    bomb, an aspect ratio above 200) raises DataError naming the item id and file:line, unless
+    skip_missing_media, which skips the item and appends a Reject (with the gate's reason) to `skipped`. `limit` keeps the
     first N items that are kept.
     """
     if name not in BENCHMARKS:
@@ -245,7 +248,7 @@ def load_benchmark(
             raise InputFileError(f"benchmark file not found: '{p}'", fix="check the path (relative paths start from the "
                                  "current directory; a hub dataset id needs eval.benchmark set to its benchmark)")
         root = Path(image_root) if image_root is not None else (p if p.is_dir() else p.parent)
-        media = _MediaPolicy(root, check_media, skip_missing_media, skipped)
+        media = _MediaPolicy(root, check_media, skip_missing_media, skipped, max_pixels=max_pixels)
         # a file, or a build-data output folder (the shards its manifest lists)
         out_records: list[Record] = []
         files = dataset_files(p)
@@ -259,7 +262,7 @@ def load_benchmark(
     root = media_root(data, image_root, media_dirs=("images",) if name == "mm-rlhf-rewardbench" else ())
     if media_dir is None:
         media_dir = r1rm_cache() / "media" / hashlib.sha1(str(data.folder.resolve()).encode()).hexdigest()[:12]
-    media = _MediaPolicy(root, check_media, skip_missing_media, skipped, Path(media_dir), video_max_frames)
+    media = _MediaPolicy(root, check_media, skip_missing_media, skipped, Path(media_dir), video_max_frames, max_pixels)
     if name == "genai-bench":
         records = _read_genai(data.files, media, limit=limit)
     else:
@@ -279,6 +282,7 @@ class _MediaPolicy:
     skipped: list[Reject] | None
     media_dir: Path | None = None
     video_max_frames: int = 8
+    max_pixels: int | None = None  # the media gate's bound: 64 x this many pixels per image (model.max_pixels)
     roots: dict = field(default_factory=dict)  # uid -> the folder its media resolve under
 
     def keep(self, rec: Record, fr: FileRow, *, name: str | None = None, image_bytes: bytes | None = None,
@@ -292,10 +296,10 @@ class _MediaPolicy:
             if image_bytes is not None:
                 _write_cached_image(root / rec.images[0], image_bytes)
             if self.check:
-                _check_media(rec, root)
+                check_record_media(rec, root, max_pixels=self.max_pixels)
         except RowError as e:
             if not self.skip_missing:
-                raise DataError(f"item '{name}': {e}", where=fr.where,
+                raise DataError(f"item '{name}': {e} [{e.reason}]", where=fr.where,
                                 fix=f"put the media under the image root '{self.root}' (or set eval.image_root), "
                                 "or skip such items with eval.skip_missing_media=true (they are counted)") from None
             if self.skipped is not None:
@@ -674,37 +678,19 @@ def _cache_name(item: _Item, names: dict[str, str]) -> str:
 
 
 def _write_cached_image(dest: Path, data: bytes) -> None:
-    """Write image bytes as PNG at dest, once: an existing non-empty file is reused."""
+    """Write image bytes as PNG at dest, once: an existing non-empty file is reused. PNG bytes are written as
+    they are (after the media gate's header checks); any other format is decoded by the gate and written as
+    its RGB PNG. The gate's reasons (corrupt_image, image_too_large, aspect_ratio) are the row's."""
     if dest.is_file() and dest.stat().st_size > 0:
         return
-    if not data.startswith(_PNG_MAGIC):
-        from PIL import Image
-
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                if im.mode not in ("1", "L", "LA", "I", "P", "RGB", "RGBA"):
-                    im = im.convert("RGB")
-                buf = io.BytesIO()
-                im.save(buf, format="PNG")
-                data = buf.getvalue()
-        except Exception as e:  # PIL raises many types for broken bytes
-            raise RowError("corrupt_image", f"embedded image bytes cannot be decoded ({type(e).__name__}: {e})") from None
+    what = f"embedded in the data ({dest.name})"
+    if data.startswith(_PNG_MAGIC):
+        image_header(data, max_pixels=None, what=what)
+    else:
+        buf = io.BytesIO()
+        admit_image(data, max_pixels=None, what=what).save(buf, format="PNG")
+        data = buf.getvalue()
     write_bytes_atomic(dest, data)
-
-
-# ---------------------------------------------------------------- media checks
-def _check_media(rec: Record, root: Path) -> None:
-    """Raise RowError if an image of rec is missing or unreadable, or a frames folder is empty."""
-    for ref in record_paths(rec):
-        full = resolve_path(ref, root)
-        folder = (isinstance(rec.video, str) and ref == rec.video) or any(
-            r.kind == "video" and r.visual == ref for r in (rec.response1, rec.response2))
-        if folder:
-            for frame in folder_frames(full):
-                check_image(frame)
-        else:
-            check_image(full)
 
 
 # ---------------------------------------------------------------- file layouts
@@ -720,7 +706,7 @@ def _iter_rows(files: tuple[Path, ...], name: str) -> Iterator[FileRow]:
         n = 0
         for fr in read_rows(p, folder_fix="point to the benchmark file"):
             if fr.error is not None:
-                raise DataError(fr.error.brief, where=fr.where, fix=_LINE_FIX[fr.error.reason])
+                raise DataError(fr.error.brief, where=fr.where, fix=_LINE_FIX.get(fr.error.reason, fr.error.hint))
             if n == 0 and p.suffix.lower() == ".parquet":
                 _check_columns(name, fr.row, p)
             n += 1

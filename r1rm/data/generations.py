@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from r1rm.data.files import JsonlAppender, LineError, json_lines
+from r1rm.data.files import JsonlAppender, LineError, check_regular, json_lines
 from r1rm.errors import DataError, InputFileError
 
 GENERATIONS = "generations.jsonl"
@@ -30,16 +30,26 @@ def rank_file(rank: int | str) -> str:
 def read_generations(path: str | os.PathLike, *, allow_empty: bool = False) -> list[dict]:
     """Rows of a generations file; a bad line is a DataError naming file:line."""
     p = Path(path)
+    check_regular(p, what="generations file", folders=False)
     if not p.is_file():
         raise InputFileError(f"generations file not found: '{p}'", fix="pass the generations.jsonl an eval run wrote")
     rows = []
-    for i, _, row in json_lines(p):
+    seen: dict = {}
+    for i, _, row in json_lines(p, allow_nan=True):
         if isinstance(row, LineError):
             what = f"invalid JSON ({row.detail})" if row.reason == "invalid_json" else row.brief
             raise DataError(what, where=f"{p}:{i}", fix="remove the damaged line and rerun eval to regenerate it")
         missing = [k for k in REQUIRED if not isinstance(row, dict) or k not in row]
         if missing:
             raise DataError(f"generation record lacks {missing}", where=f"{p}:{i}", fix="use a generations.jsonl written by r1rm eval")
+        # one record per (item, order, sample): a repeated one would be counted twice (or disagree with itself)
+        key = (str(row["uid"]), str(row["order"]), str(row["sample"]))
+        if key in seen:
+            raise DataError(f"repeated generation record (uid {row['uid']!r}, order {row['order']!r}, sample "
+                            f"{row['sample']!r}) — the same as line {seen[key]}", where=f"{p}:{i}",
+                            fix="remove the repeated line (files joined by hand: keep one record per uid, order "
+                                "and sample)")
+        seen[key] = i
         rows.append(row)
     if not rows and not allow_empty:
         raise DataError("generations file is empty", where=str(p), fix="run `r1rm eval` first")

@@ -76,6 +76,9 @@ def resolve_data(path: str | os.PathLike, *, subset: str | None = None, split: s
         if not p.exists():
             raise InputFileError(f"{key}: '{p}' is neither a file, a folder nor a hub dataset id (ORG/NAME)",
                                  fix=f"check {key} (relative paths start from the current directory)")
+        from r1rm.data.files import check_regular
+
+        check_regular(p, what=key)  # a device or FIFO: refused before anything opens or lists it
     if p.is_file():
         return DataFiles((p,), p.parent, hub_id=hub_id)
     shards = sorted(p.glob("*.parquet"))
@@ -117,7 +120,7 @@ def hub_snapshot(hub_id: str, *, revision: str | None = None, key: str = "eval.p
 # ---------------------------------------------------------------- subsets and splits of a folder
 def card_subsets(folder: Path) -> dict[str, dict[str, list[Path]]]:
     """{subset: {split: files}} from the README.md card's `configs`; {} when it declares none."""
-    import yaml
+    from r1rm.data.files import YamlError, load_yaml
 
     readme = folder / "README.md"
     if not readme.is_file():
@@ -127,9 +130,9 @@ def card_subsets(folder: Path) -> dict[str, dict[str, list[Path]]]:
     if not m:
         return {}
     try:
-        meta = yaml.safe_load(m.group(1)) or {}
-    except yaml.YAMLError as e:
-        raise DataError(f"the dataset card's YAML header cannot be read ({e})", where=str(readme),
+        meta = load_yaml(m.group(1), unique_keys=False)[0] or {}
+    except YamlError as e:
+        raise DataError(f"the dataset card's YAML header cannot be read ({e.brief})", where=str(readme),
                         fix="fix the card, or point at the data files themselves") from None
     out: dict[str, dict[str, list[Path]]] = {}
     for cfg in meta.get("configs") or [] if isinstance(meta, dict) else []:

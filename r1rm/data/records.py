@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from r1rm.data.files import LineError, RowError, json_lines
+from r1rm.data.files import LineError, RowError, json_lines, loads_json
 from r1rm.data.media import resolve_path
 from r1rm.errors import DataError, InputFileError, where
 
@@ -268,6 +268,32 @@ def check_paths(rec: Record, root: str | os.PathLike) -> None:
         resolve_path(ref, root)
 
 
+def check_record_media(rec: Record, root: str | os.PathLike, *, max_pixels: int | None, decode: bool = True) -> None:
+    """Pass every image and video frame of `rec` (context, video, visual responses; resolved under `root`)
+    through the media gate (r1rm.data.media.admit_image, bounded by 64 x `max_pixels`); RowError with the
+    gate's reason on the first one refused. `decode=False` reads headers only (size, aspect ratio, format:
+    cheap enough for a whole training set; the trainers decode through the gate when they use an image)."""
+    from r1rm.data.media import admit_image, folder_frames, image_header
+
+    gate = admit_image if decode else image_header
+
+    def frames(video: str | list[str] | tuple[str, ...]) -> list[Path]:
+        if isinstance(video, str):
+            return folder_frames(resolve_path(video, root), name_suffixes=True)
+        return [resolve_path(f, root) for f in video]
+
+    for p in rec.images:
+        gate(resolve_path(p, root), max_pixels=max_pixels)
+    for f in frames(rec.video) if rec.video else ():
+        gate(f, max_pixels=max_pixels)
+    for r in (rec.response1, rec.response2):
+        if r.kind == "image":
+            gate(resolve_path(r.visual, root), max_pixels=max_pixels)
+        elif r.kind == "video":
+            for f in frames(r.visual):
+                gate(f, max_pixels=max_pixels)
+
+
 @dataclass
 class Reject:
     """A row that failed validation: where it was, why, and the raw text."""
@@ -291,7 +317,7 @@ def dataset_files(path: str | os.PathLike) -> list[Path]:
     manifest = p / "manifest.json"
     if manifest.is_file():
         try:
-            files = [p / (f if isinstance(f, str) else f["path"]) for f in json.loads(manifest.read_text(encoding="utf-8"))["files"]]
+            files = [p / (f if isinstance(f, str) else f["path"]) for f in loads_json(manifest.read_bytes(), allow_nan=True)["files"]]
         except (ValueError, KeyError, TypeError) as e:
             raise DataError(f"manifest.json is not a build-data manifest ({type(e).__name__}: {e})", where=str(manifest),
                             fix="rerun r1rm build-data, or point to the data-*.jsonl files") from None

@@ -59,7 +59,17 @@ from pathlib import Path
 from typing import Any
 
 from r1rm.data.benchmarks import GENAI_MEDIA, convert_row, genai_pair, place_genai_media
-from r1rm.data.files import RAW_CHARS, FileRow, RowError, json_fallback, jsonl_rows, read_rows, write_bytes_atomic
+from r1rm.data.files import (
+    RAW_CHARS,
+    FileRow,
+    LineError,
+    RowError,
+    json_fallback,
+    jsonl_rows,
+    loads_json,
+    read_rows,
+    write_bytes_atomic,
+)
 from r1rm.data.hub import is_hub_id, media_root, resolve_data
 from r1rm.data.media import sniff_image
 from r1rm.data.records import dataset_files
@@ -335,9 +345,9 @@ def _r1reward_rl(row: dict, src: Any, media: _Media, loc_id: str) -> tuple[dict,
         raise RowError("missing_field", "missing field 'message'")
     if isinstance(message, str):
         try:
-            message = json.loads(message)
-        except json.JSONDecodeError as e:
-            raise RowError("invalid_json", f"'message' is not a JSON list of chat messages ({e.msg})") from None
+            message = loads_json(message)
+        except LineError as e:  # the guarded decoder: nesting bounded, no key twice, no NaN
+            raise RowError(e.reason, f"'message' is not a JSON list of chat messages ({e.brief})") from None
     if isinstance(message, dict):
         message = [message]
     users = [m for m in message if isinstance(m, dict) and m.get("role") == "user"] if isinstance(message, list) else []

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from r1rm.data.files import RowError
 from r1rm.data.media import default_image_root
-from r1rm.data.records import Record, dataset_files, read_numbered_records
+from r1rm.data.records import Record, check_record_media, dataset_files, read_numbered_records
 from r1rm.errors import ConfigError, DataError, InputFileError, R1RMError
 
 
@@ -36,9 +37,14 @@ def data_fingerprint(paths: list[str]) -> str | None:
     data = other run."""
     import hashlib
 
+    from r1rm.data.files import check_regular
+
+    for path in paths:  # a device or FIFO would never end: refused before anything opens it
+        check_regular(path)
     h = hashlib.sha256()
     try:
         for f in data_files(paths):
+            check_regular(f, folders=False)
             with open(f, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     h.update(chunk)
@@ -48,15 +54,23 @@ def data_fingerprint(paths: list[str]) -> str | None:
     return h.hexdigest()
 
 
-def read_items(paths: list[str], *, image_root: str | None, target_field: str | None) -> list[Item]:
+def read_items(paths: list[str], *, image_root: str | None, target_field: str | None,
+               max_pixels: int | None = None) -> list[Item]:
     """All records of `paths` in file order; with `target_field`, each needs meta[target_field]
-    (or meta.trace) — a record without one is a DataError naming file:line."""
+    (or meta.trace) — a record without one is a DataError naming file:line. Every image and frame passes
+    the media gate's header checks (bounded by 64 x `max_pixels`): one it refuses is a DataError naming
+    file:line and the reason, before any model is loaded."""
     if not paths:
         raise ConfigError("no training data", fix="set data.train=[FILE.jsonl, ...]")
     items = []
     for f in data_files(paths):
         root = default_image_root(f, image_root)
         for line, rec in read_numbered_records(f, image_root=root):
+            try:
+                check_record_media(rec, root, max_pixels=max_pixels, decode=False)
+            except RowError as e:
+                raise DataError(f"{e} [{e.reason}]", where=f"{f}:{line}",
+                                fix="fix or drop this record (`r1rm check-data FILE --rejects R` lists every such line)") from None
             target = None
             if target_field is not None:
                 target = rec.meta.get(target_field) or rec.meta.get("trace")

@@ -47,12 +47,18 @@ def sampling_from_config(cfg: Config) -> SamplingParams:
 
 def check_engine(cfg: Config) -> None:
     """The checks `make_engine` would fail on, without loading weights or calling an endpoint:
-    commands run it before they create output_dir, so a failed start leaves no folder behind."""
+    commands run it before they create output_dir, so a failed start leaves no folder behind.
+    It checks the environment too: output_dir can be written, the checkpoint's config.json and
+    weight files are whole, and generation.max_new_tokens fits the model's positions."""
+    from r1rm.data.files import check_output_dir
+
+    check_output_dir(cfg.output_dir)
     e = cfg.engine
     if e.kind in ("hf", "vllm"):
-        from r1rm.models.loading import check_model, hub_kwargs
+        from r1rm.models.loading import check_context, check_model, hub_kwargs
 
-        check_model(cfg.model.path, **hub_kwargs(cfg.model))
+        config = check_model(cfg.model.path, **hub_kwargs(cfg.model))
+        check_context(config, cfg.model.path, new_tokens=cfg.generation.max_new_tokens, key="generation.max_new_tokens")
     elif e.kind == "openai":
         if not e.base_url:
             raise ConfigError(
@@ -91,6 +97,8 @@ def make_engine(cfg: Config, *, model=None, processor=None) -> Engine:
             concurrency=e.concurrency,
             timeout_s=e.timeout_s,
             max_retries=e.max_retries,
+            backoff_s=e.backoff_s,
+            retry_budget_s=e.retry_budget_s,
             requests_per_minute=e.requests_per_minute,
             media=media_budget(cfg),
             video_as=e.video_as,

@@ -30,6 +30,8 @@ class SamplingParams:
     seed: int | None = None
     # ask for the mean log-probability of each sample's tokens (Sample.mean_logprob)
     logprobs: bool = False
+    # with logprobs: also the `top_logprobs` most likely tokens at each step (Sample.top_logprobs); 0 = none
+    top_logprobs: int = 0
 
     @property
     def greedy(self) -> bool:
@@ -52,6 +54,9 @@ class Sample:
     mean_logprob: float | None = None
     # log p of each of `token_ids` (raw logits), when SamplingParams.logprobs asked and the engine gives them
     token_logprobs: list[float] | None = None
+    # per token of `token_ids`, the SamplingParams.top_logprobs most likely [(token id, log p)] (raw logits),
+    # most likely first, when asked and the engine gives them (hf, vllm)
+    top_logprobs: list[list[tuple[int, float]]] | None = None
     # the prompt's token ids as the engine encoded them (images expanded), where the engine knows them
     # (hf, vllm; the samples of one request share one list)
     prompt_token_ids: list[int] | None = None

@@ -44,7 +44,9 @@ next step, gathers the log-prob of the token chosen at the previous step (the la
 column of `input_ids`); the last step is gathered after `generate` returns. So memory is
 one (rows, V) tensor plus (rows, T) floats, never all steps' logits. `Sample.mean_logprob`
 is the mean over the sample's `token_ids` (EOS and padding excluded; None when empty) and
-`Sample.token_logprobs` the per-token values. `Sample.prompt_token_ids` is the prompt as the
+`Sample.token_logprobs` the per-token values; with `SamplingParams.top_logprobs` = k it also
+keeps each step's k most likely (log p, token id) from the same log-softmax (`Sample.top_logprobs`,
+(rows, T, k) more). `Sample.prompt_token_ids` is the prompt as the
 processor encoded it (left padding removed).
 
 Media: an engine from `make_engine` holds the run's MediaBudget and passes every request through
@@ -60,11 +62,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from r1rm.core.choice import CHOICES, choice_probs_at_answer
-from r1rm.data.media import MediaBudget, budget_factor, fit_visuals, map_parts, prepare_visuals
+from r1rm.data.media import MediaBudget, budget_factor, fit_visuals, map_parts, open_rgb, prepare_visuals
 from r1rm.engines.base import ProgressFn, Request, Sample, SamplingParams
 from r1rm.errors import InputFileError
 from r1rm.models.prefill import cache_kwarg, prefill_repeated
@@ -98,9 +99,11 @@ class ChoiceLogitsRecorder(LogitsProcessor):
 class TokenLogprobRecorder(LogitsProcessor):
     """Log-prob of each generated token under the raw logits, one step behind; leaves scores unchanged."""
 
-    def __init__(self) -> None:
+    def __init__(self, top_k: int = 0) -> None:
         self._prev: torch.Tensor | None = None  # (rows, V) log-softmax of the previous step
         self.steps: list[torch.Tensor] = []  # one (rows,) per finished step
+        self.top_k = top_k  # also keep each step's top_k (log p, token id), most likely first
+        self.top_steps: list[tuple[torch.Tensor, torch.Tensor]] = []  # one ((rows, k), (rows, k)) per step
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         # input_ids: (rows, L) ends with the token chosen at the previous step
@@ -113,6 +116,8 @@ class TokenLogprobRecorder(LogitsProcessor):
         # chosen: (rows,) token ids
         prev = self._prev
         self.steps.append(prev.gather(1, chosen.to(prev.device).long()[:, None]).squeeze(1))
+        if self.top_k:
+            self.top_steps.append(torch.topk(prev, min(self.top_k, prev.shape[-1]), dim=-1))
 
     def finish(self, last_tokens: torch.Tensor) -> None:
         """Gather the final step from the last generated token of each row (rows,)."""
@@ -125,6 +130,13 @@ class TokenLogprobRecorder(LogitsProcessor):
         if not self.steps:
             return torch.empty(0, 0)
         return torch.stack(self.steps, dim=1).cpu()
+
+    def top(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """((rows, T, k) log p, (rows, T, k) token ids) on CPU, most likely first; None without top_k."""
+        if not self.top_k or not self.top_steps:
+            return None
+        return (torch.stack([v for v, _ in self.top_steps], dim=1).cpu(),
+                torch.stack([i for _, i in self.top_steps], dim=1).cpu())
 
 
 class _Forbid(LogitsProcessor):
@@ -171,11 +183,10 @@ def _media(value: object) -> object:
 
 
 def _frame(value: object) -> object:
-    """A video frame as a PIL image (paths are opened)."""
+    """A video frame as a PIL image (paths are opened through the media gate, r1rm.data.media.open_rgb)."""
     value = _media(value)
     if isinstance(value, str):
-        with Image.open(value) as img:
-            return img.convert("RGB")
+        return open_rgb(value)
     return value
 
 
@@ -253,6 +264,8 @@ def _say_once(line: str) -> None:
 class HFEngine:
     """Batched generation with a transformers model + processor (see the module docstring)."""
 
+    gives_top_logprobs = True  # Sample.top_logprobs for SamplingParams.top_logprobs
+
     def __init__(self, model, processor, *, batch_size: int = 16, device: str | torch.device | None = None,
                  share_prefill: bool = True, media: MediaBudget | None = None):
         if batch_size < 1:
@@ -285,6 +298,9 @@ class HFEngine:
         vocab = self.tokenizer.get_vocab()
         own = [getattr(processor, k, None) for k in ("image_token", "video_token")]
         self.suppress_ids = sorted({vocab[t] for t in (*VISION_PLACEHOLDERS, *own) if t in vocab})
+        from r1rm.models.loading import max_positions
+
+        self.max_positions = max_positions(getattr(model, "config", None))
 
     # ------------------------------------------------------------------ generation
     def generate(
@@ -341,10 +357,16 @@ class HFEngine:
             # transformers 5: tokenizer/processor kwargs go in processor_kwargs, not **kwargs
             processor_kwargs={"padding": True},
         )
+        too_long = self._too_long(inputs, params)
+        if too_long:  # refused per request (Sample.error), the rest of the batch generated without them
+            rest = iter(self._generate_batch([r for i, r in enumerate(batch) if i not in too_long], params)
+                        if len(too_long) < len(batch) else [])
+            return [[Sample(text="", error=too_long[i]) for _ in range(params.n)] if i in too_long else next(rest)
+                    for i in range(len(batch))]
         inputs = inputs.to(device=self.device, dtype=self.model.dtype)
         n_return = 1 if params.greedy else params.n
         recorder = ChoiceLogitsRecorder(self.choice_ids) if self.choice_ids is not None else None
-        token_lp = TokenLogprobRecorder() if params.logprobs else None
+        token_lp = TokenLogprobRecorder(params.top_logprobs) if params.logprobs else None
         # the recorders see the raw logits; vision placeholders are forbidden only after them
         suppress = _Forbid(self.suppress_ids) if self.suppress_ids else None
         gen_inputs, n_gen = dict(inputs), n_return
@@ -357,13 +379,13 @@ class HFEngine:
         )
         generated = out[:, inputs["input_ids"].shape[1] :].cpu()
         choice_logits = recorder.logits() if recorder else None
-        logprobs = None
+        logprobs = top = None
         if token_lp is not None:
             token_lp.finish(out[:, -1])
-            logprobs = token_lp.logprobs()
+            logprobs, top = token_lp.logprobs(), token_lp.top()
         rows = [
             self._sample(generated[r], None if choice_logits is None else choice_logits[r],
-                         None if logprobs is None else logprobs[r])
+                         None if logprobs is None else logprobs[r], None if top is None else (top[0][r], top[1][r]))
             for r in range(len(generated))
         ]
         per_request = [rows[i * n_return : (i + 1) * n_return] for i in range(len(batch))]
@@ -376,6 +398,17 @@ class HFEngine:
                 s.prompt_token_ids = prompt
         return per_request
 
+    def _too_long(self, inputs: dict, params: SamplingParams) -> dict[int, str]:
+        """{row: why} for prompts that leave the model's positions fewer than max_new_tokens: generating
+        them runs far past what the model was trained for (a 100 KB prompt took 72 s for one token)."""
+        if self.max_positions is None:
+            return {}
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        return {i: f"prompt_too_long: the prompt has {n} tokens, with max_new_tokens {params.max_new_tokens} more than the "
+                   f"model's {self.max_positions} positions (max_position_embeddings); shorten the item or lower "
+                   "generation.max_new_tokens"
+                for i, n in enumerate(lengths) if n + params.max_new_tokens > self.max_positions}
+
     def _prefill_once(self, inputs: dict, n: int) -> dict:
         """Forward each prompt but its last token once, copy the KV cache to n rows per prompt and
         return generate's inputs that continue from it (input_ids / attention_mask repeated n times)."""
@@ -385,9 +418,11 @@ class HFEngine:
                 cache_kwarg(self.model): cache}
 
     def _sample(
-        self, generated: torch.Tensor, choice_logits: torch.Tensor | None, logprobs: torch.Tensor | None = None
+        self, generated: torch.Tensor, choice_logits: torch.Tensor | None, logprobs: torch.Tensor | None = None,
+        top: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Sample:
-        """One generated row (T,) → Sample; choice_logits: (T, 2) or None; logprobs: (T,) or None."""
+        """One generated row (T,) → Sample; choice_logits: (T, 2) or None; logprobs: (T,) or None; top: the
+        top-k ((T, k) log p, (T, k) token ids) or None."""
         ids = generated.tolist()
         end = next((t for t, tok in enumerate(ids) if tok in self.eos_ids), None)
         finished = end is not None
@@ -400,8 +435,12 @@ class HFEngine:
         # the float32 mean, as before per-token log-probs were kept (cmkd ranks chains by it)
         mean_lp = float(logprobs[: len(ids)].mean()) if logprobs is not None and ids else None
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        tops = None
+        if top is not None:
+            tops = [list(zip(i.tolist(), v.tolist(), strict=True)) for v, i in zip(top[0][: len(ids)], top[1][: len(ids)],
+                                                                                    strict=True)]
         return Sample(text=text, token_ids=ids, choice_probs=probs, finished=finished, mean_logprob=mean_lp,
-                      token_logprobs=token_lps)
+                      token_logprobs=token_lps, top_logprobs=tops)
 
     def close(self) -> None:
         """Drop the engine's references to the model (the caller may still hold it)."""

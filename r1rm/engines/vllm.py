@@ -154,8 +154,21 @@ def ended_on_stop_token(completion: Any) -> bool:
     return completion.finish_reason == "stop" and not isinstance(getattr(completion, "stop_reason", None), str)
 
 
-def from_vllm_output(output: Any, n: int | None = None) -> list[Sample]:
-    """A vLLM `RequestOutput` → Samples; `n` > number of completions copies the first (greedy n > 1).
+def _top_logprobs(token_ids: Sequence[int], logprobs: Sequence[Any] | None, k: int) -> list[list[tuple[int, float]]] | None:
+    """Per sampled token, the k most likely [(token id, log p)] of its step (vLLM keeps the top N_LOGPROBS, plus
+    the sampled token when it ranks lower), most likely first; None if missing."""
+    if not k or not logprobs or not token_ids:
+        return None
+    out = []
+    for step in logprobs[: len(token_ids)]:
+        ranked = sorted(((tok, e.logprob) for tok, e in (step or {}).items()), key=lambda x: -x[1])
+        out.append(ranked[:k])
+    return out
+
+
+def from_vllm_output(output: Any, n: int | None = None, top_k: int = 0) -> list[Sample]:
+    """A vLLM `RequestOutput` → Samples; `n` > number of completions copies the first (greedy n > 1);
+    `top_k` > 0 fills Sample.top_logprobs (at most N_LOGPROBS).
 
     Token ids exclude the end-of-sequence token, as the hf engine's do (vLLM's include it): a
     caller that appends EOS to a finished sample (RL rollouts) then has it exactly once."""
@@ -173,6 +186,7 @@ def from_vllm_output(output: Any, n: int | None = None) -> list[Sample]:
                 finished=c.finish_reason == "stop",
                 mean_logprob=_mean_logprob(ids, logprobs),
                 token_logprobs=_token_logprobs(ids, logprobs),
+                top_logprobs=_top_logprobs(ids, logprobs, min(top_k, N_LOGPROBS)),
             )
         )
     if n is not None and samples and len(samples) < n:
@@ -210,6 +224,8 @@ def _sleep_mode_available() -> bool:
 
 class VLLMEngine:
     """Generation with a vLLM `LLM` (see the module docstring)."""
+
+    gives_top_logprobs = True  # Sample.top_logprobs for SamplingParams.top_logprobs <= N_LOGPROBS
 
     def __init__(
         self,
@@ -268,7 +284,7 @@ class VLLMEngine:
         outputs = self.llm.chat([to_vllm_messages(r.messages, self.media) for r in requests], sampling, use_tqdm=False)
         if progress is not None:
             progress(len(requests))
-        return [from_vllm_output(o, params.n) for o in outputs]
+        return [from_vllm_output(o, params.n, params.top_logprobs if params.logprobs else 0) for o in outputs]
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> int:
         """Load (name, tensor) pairs — the trainer's Hugging Face parameter names, any subset, in any

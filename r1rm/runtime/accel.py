@@ -7,10 +7,10 @@ never starts processes itself. DeepSpeed runs on GPUs and, for tests, on CPUs ov
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 
+from r1rm.data.files import LineError, loads_json
 from r1rm.errors import ConfigError, InputFileError
 
 
@@ -52,9 +52,10 @@ def make_accelerator(*, deepspeed_config: str | None, grad_accum: int, micro_bat
     if not path.is_file():
         raise InputFileError(f"DeepSpeed config not found: '{path}'", fix="set runtime.deepspeed to recipes/deepspeed/zero2.json or zero3.json")
     try:
-        ds = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"DeepSpeed config is not valid JSON ({e.msg})", where=f"{path}:{e.lineno}") from None
+        ds = loads_json(path.read_bytes())
+    except LineError as e:
+        raise ConfigError(f"DeepSpeed config is not JSON r1rm reads: {e.brief}", where=str(path),
+                          fix=e.hint or "fix the file, or use recipes/deepspeed/zero2.json or zero3.json") from None
     try:
         import deepspeed  # noqa: F401  (the only place r1rm imports deepspeed)
     except ImportError:
@@ -146,6 +147,9 @@ def apply_update(acc, params, optimizer, scheduler, *, bad, max_grad_norm: float
     the one the engine measured (before clipping, as here). Returns the grad norm."""
     import torch
 
+    from r1rm.runtime.checkpoint import kill_point
+
+    kill_point("step")  # the kill-and-resume tests' mid-step moment (no effect unless _R1RM_TEST_KILL_AT says)
     # no clipping (None) still measures the norm: an infinite bound leaves the gradients as they are
     bound = float("inf") if max_grad_norm is None else max_grad_norm
     # under DeepSpeed accelerate only reads the engine's global norm of the step it just took

@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from r1rm.config import RENAMED_KEYS, Config
-from r1rm.data.files import write_json_atomic
+from r1rm.data.files import YamlError, load_yaml, read_json, write_json_atomic
 from r1rm.errors import ConfigError
 from r1rm.runtime.modelprep import save_hf
 
@@ -59,11 +59,38 @@ def _remove_dir(path: Path) -> None:
 EXTRA = "extra_state.pt"
 
 
-def remove_partial_checkpoints(out_dir: str | os.PathLike) -> None:
-    """Delete the `.tmp-step-*` / `.del-step-*` folders a killed run left (main process, no writer running)."""
+def remove_partial_checkpoints(out_dir: str | os.PathLike) -> list[str]:
+    """Delete the `.tmp-step-*` / `.del-step-*` folders a killed run left (main process, no writer running);
+    return their names. Every start calls it (runtime.training.resume), finished run or not."""
     root = Path(out_dir) / CHECKPOINTS
-    for stale in [*root.glob(".tmp-step-*"), *root.glob(".del-step-*")]:
-        shutil.rmtree(stale, ignore_errors=True)
+    stale = sorted([*root.glob(".tmp-step-*"), *root.glob(".del-step-*")]) if root.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return [p.name for p in stale]
+
+
+# The kill-and-resume tests' hook: _R1RM_TEST_KILL_AT="phase:n" SIGKILLs the process the n-th time it
+# reaches `kill_point(phase)` ("load": model loaded, checkpoint state not yet; "step": mid-step, after the
+# backward pass and before the optimizer step; "checkpoint": mid-checkpoint, weights written to the
+# .tmp- folder and nothing else; "end": after summary.json; eval's "record": after the n-th generation
+# record). A moment by phase, not by wall time, so a slower machine kills at the same place.
+_KILL_SEEN: dict[str, int] = {}
+
+
+def kill_point(phase: str) -> None:
+    """SIGKILL this process here when _R1RM_TEST_KILL_AT names this phase and this is its n-th visit
+    (tests only; one dictionary lookup when unset)."""
+    at = os.environ.get("_R1RM_TEST_KILL_AT")
+    if not at:
+        return
+    name, _, n = at.partition(":")
+    if name != phase:
+        return
+    _KILL_SEEN[phase] = _KILL_SEEN.get(phase, 0) + 1
+    if _KILL_SEEN[phase] == int(n or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def save_checkpoint(accelerator, model, processor, out_dir: str | os.PathLike, *, step: int, trainer_state: dict,
@@ -80,6 +107,7 @@ def save_checkpoint(accelerator, model, processor, out_dir: str | os.PathLike, *
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         save_hf(accelerator.unwrap_model(model), processor, tmp, state_dict=state_dict)
+        kill_point("checkpoint")
     accelerator.save_state(str(tmp / "state"))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -106,14 +134,18 @@ RESUME_SECTIONS = {"sft": ("seed", "model.", "data.train", "data.image_root", "d
                    "eval": ("seed", "model.path", "model.dtype", "model.min_pixels", "model.max_pixels",
                             "model.video_max_frames", "data.prompt", "generation.", "engine.kind", "engine.model_name",
                             "engine.base_url", "eval.benchmark", "eval.path", "eval.k", "eval.temperature",
-                            "eval.answer_fallback")}
+                            "eval.answer_fallback"),
+                   # judge: the same, for verdicts (the input file is fingerprinted beside these)
+                   "judge": ("seed", "model.path", "model.dtype", "model.min_pixels", "model.max_pixels",
+                             "model.video_max_frames", "data.prompt", "generation.", "engine.kind",
+                             "engine.model_name", "engine.base_url", "judge.both_orders")}
 # the consistency checker's endpoint and model stay free as they were under their old names (judge.*,
 # outside the rl identity)
 RESUME_FREE = ("model.gradient_checkpointing", "model.attn_implementation", "sft.max_steps", "sft.save_every_steps",
                "sft.keep_last", "rl.max_steps", "rl.save_every_steps", "rl.keep_last", "rl.eval_every_steps",
                "rl.eval_limit", "rl.consistency.engine_kind", "rl.consistency.base_url", "rl.consistency.model_name",
                "rl.consistency.api_key_env", "rl.consistency.timeout_s", "rl.consistency.temperature",
-               "rl.consistency.retries")
+               "rl.consistency.retries", "rl.consistency.max_retries", "rl.consistency.retry_budget_s")
 
 
 def _flatten(obj, prefix: str = "") -> dict:
@@ -149,12 +181,10 @@ def refuse_renamed(out_dir: str | os.PathLike, ckpt: Path, saved: dict | None, c
     """Refuse a run written before config.RENAMED_KEYS's renames whose checkpoint identity (`saved`) or
     config.yaml spells a setting of `command`'s identity by its old name: identity_changes compares
     only the keys both sides record, so the resume would drop that setting silently."""
-    import yaml
-
     config = Path(out_dir) / "config.yaml"
     try:
-        dump = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
-    except (yaml.YAMLError, UnicodeDecodeError):
+        dump = load_yaml(config.read_text(encoding="utf-8"))[0] if config.is_file() else None
+    except (YamlError, UnicodeDecodeError):
         dump = None
     spelled = {**_flatten(dump if isinstance(dump, dict) else {}), **(saved or {})}
     old = [f"{k} -> {new}" for k, new in RENAMED_KEYS.items() if k in spelled and _in_sections(new, command)]
@@ -178,17 +208,20 @@ def check_resumable(out_dir: str | os.PathLike, identity: dict, command: str,
     Checkpoints written before the settings were recorded are compared with the run's
     config.yaml (written when it started), and refused when a data file is newer than them; a run
     that spells renamed settings by their old names is refused (refuse_renamed)."""
-    import yaml
-
     ckpt = latest_checkpoint(out_dir)
     if ckpt is None:
         return None
-    saved = json.loads((ckpt / STATE).read_text()).get("run")
+    state = read_json(ckpt / STATE, allow_nan=True, fix=f"delete {ckpt} to resume from the one before, or use a new output_dir")
+    saved = state.get("run") if isinstance(state, dict) else None
     refuse_renamed(out_dir, ckpt, saved, command)
     where = ckpt / STATE
     if saved is None and (Path(out_dir) / "config.yaml").is_file():
         where = Path(out_dir) / "config.yaml"
-        dump = yaml.safe_load(where.read_text(encoding="utf-8"))
+        try:
+            dump = load_yaml(where.read_text(encoding="utf-8"))[0]
+        except YamlError as e:
+            raise ConfigError(f"the run's config.yaml cannot be read: {e.brief}", where=str(where),
+                              fix="use a new output_dir, or delete this one to start over") from None
         saved = identity_of(dump, command) if isinstance(dump, dict) else None
         from r1rm.data.training_sets import data_files
         from r1rm.errors import R1RMError
@@ -223,21 +256,111 @@ def model_stamp(path: str) -> str:
     return hashlib.sha256("\n".join(f"{f.name} {f.stat().st_size} {f.stat().st_mtime_ns}" for f in files).encode()).hexdigest()
 
 
-def check_same_eval(out_dir: Path, identity: dict, generations: list[Path]) -> None:
-    """An eval folder already holding generations resumes only the same eval (`run.json`): the same
-    model weights, inputs and sampling — else its rows would be counted for another model."""
+# run.json keys compared by check_same_eval on their own: the media a run's records refer to
+# ({path as written: "size:hash:mtime_ns"}: size and hash compared; the mtime only spares a resume re-reading
+# a file) and the folder they resolved against (said, not compared)
+MEDIA, MEDIA_ROOT = "media", "media_root"
+
+
+def media_paths(records: list) -> list[str]:
+    """The image / video paths of records (r1rm.data.records.Record), as written, in order."""
+    paths: list[str] = []
+    for rec in records:
+        paths += list(rec.images)
+        paths += [rec.video] if isinstance(rec.video, str) else list(rec.video)
+        for r in (rec.response1, rec.response2):
+            if r.kind != "text":
+                paths += [r.visual] if isinstance(r.visual, str) else list(r.visual)
+    return [p for p in paths if p]
+
+
+def media_stamps(records: list, root: str | os.PathLike | None, *, earlier: dict | None = None) -> dict[str, str]:
+    """{path as the records write it: "bytes:blake2b:mtime_ns"} for every media file they refer to (a folder of
+    frames: each file in it, "folder/name"), resolved against `root`; a missing one is left out (reading
+    the records reports or skips it). A content hash, so a copied folder with the same images still matches,
+    and another image under the same name does not. `earlier`: the stamps run.json recorded (earlier_media) —
+    a file whose size and mtime are those recorded keeps its recorded hash unread, so a resume only stats
+    its media; a fresh start (nothing recorded) reads each file once."""
+    import hashlib
+
+    earlier = earlier or {}
+    stamps: dict[str, str] = {}
+    for rel in dict.fromkeys(media_paths(records)):
+        if "://" in rel or rel.startswith("data:"):
+            continue  # a URL or inline data: part of the data file, which is fingerprinted whole
+        full = Path(root or ".", rel)
+        files = sorted((f"{rel.rstrip('/')}/{f.name}", f) for f in full.iterdir() if f.is_file()) if full.is_dir() \
+            else [(rel, full)]
+        for name, f in files:
+            try:
+                st = f.stat()
+                old = str(earlier.get(name, "")).split(":")
+                if len(old) == 3 and old[0] == str(st.st_size) and old[2] == str(st.st_mtime_ns):
+                    stamps[name] = f"{st.st_size}:{old[1]}:{st.st_mtime_ns}"
+                    continue
+                h = hashlib.blake2b(digest_size=12)
+                with open(f, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+                stamps[name] = f"{st.st_size}:{h.hexdigest()}:{st.st_mtime_ns}"
+            except OSError:
+                continue
+    return stamps
+
+
+def earlier_media(out_dir: str | os.PathLike) -> dict:
+    """The media stamps an earlier start recorded in `out_dir`/run.json ({} when none, or unreadable:
+    check_same_eval says what is wrong with the file)."""
+    from r1rm.data.files import LineError, loads_json
+
+    try:
+        saved = loads_json((Path(out_dir) / "run.json").read_bytes())
+    except (OSError, LineError):
+        return {}
+    media = saved.get(MEDIA) if isinstance(saved, dict) else None
+    return media if isinstance(media, dict) else {}
+
+
+def _media_changes(saved: dict, identity: dict) -> list[str]:
+    """The media both runs refer to whose content differs (an item only one run has is no mix-up)."""
+    old, new = saved.get(MEDIA), identity.get(MEDIA)
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return []
+
+    def content(stamp: object) -> list[str]:  # size and hash; a changed mtime with the same content is the same
+        return str(stamp).split(":")[:2]
+
+    return [f"{k}: {content(old[k])[0]} -> {content(new[k])[0]} bytes" if content(old[k])[0] != content(new[k])[0]
+            else f"{k}: other content, same size" for k in sorted(set(old) & set(new)) if content(old[k]) != content(new[k])]
+
+
+def check_same_eval(out_dir: Path, identity: dict, generations: list[Path], *, what: str = "generations",
+                    command: str = "eval") -> None:
+    """An eval (judge) folder already holding generations (verdicts) resumes only the same run
+    (`run.json`): the same model weights, inputs, media and sampling — else its rows would be counted
+    for another model or other images."""
     record = out_dir / "run.json"
     if not record.is_file() or not any(g.is_file() and g.stat().st_size for g in generations):
         return
     try:
         saved = json.loads(record.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
     except ValueError as e:
         raise ConfigError(f"{record} is not a run record ({e})", where=str(record),
-                          fix=f"delete {out_dir} to evaluate again, or use a new output_dir") from None
-    changes = identity_changes(saved, identity)
+                          fix=f"delete {out_dir} to {command} again, or use a new output_dir") from None
+    plain = {k: v for k, v in saved.items() if k not in (MEDIA, MEDIA_ROOT)}
+    changes = identity_changes(plain, {k: v for k, v in identity.items() if k not in (MEDIA, MEDIA_ROOT)})
+    media = _media_changes(saved, identity)
+    if media:
+        roots = (f" (media root then {saved.get(MEDIA_ROOT)!r}, now {identity.get(MEDIA_ROOT)!r})"
+                 if saved.get(MEDIA_ROOT) != identity.get(MEDIA_ROOT) else "")
+        changes.append(f"{len(media)} image(s) changed since its {what} were written{roots}: {_listed(media, 3)}")
     if changes:
-        raise ConfigError(f"{out_dir} holds generations of another eval, which this run would resume: {_listed(changes)}",
-                          where=str(record), fix=f"use a new output_dir, or delete {out_dir} to evaluate again")
+        raise ConfigError(f"{out_dir} holds {what} of another {command} run, which this run would resume: "
+                          f"{_listed(changes)}", where=str(record),
+                          fix=f"use a new output_dir, or delete {out_dir} to {command} again "
+                              "(or restore the settings / images it was run with)")
 
 
 def load_checkpoint(accelerator, ckpt: Path) -> dict:

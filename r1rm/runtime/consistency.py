@@ -85,7 +85,8 @@ def make_consistency_engine(cfg):
     sub.engine.model_name = c.model_name
     sub.engine.api_key_env = c.api_key_env
     sub.engine.timeout_s = c.timeout_s
-    sub.engine.max_retries = 1
+    sub.engine.max_retries = c.max_retries
+    sub.engine.retry_budget_s = c.retry_budget_s
     if c.engine_kind != "openai":
         if not c.model_name:
             raise ConfigError("a local consistency checker needs rl.consistency.model_name (a checkpoint folder)")

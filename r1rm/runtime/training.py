@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r1rm.config import Config, OptimConfig, save_config
+from r1rm.config import Config, OptimConfig, RLConfig, save_config
 from r1rm.runtime.checkpoint import (
     check_resumable,
     finished_before,
+    kill_point,
     latest_checkpoint,
     load_checkpoint,
     remove_partial_checkpoints,
@@ -44,8 +45,10 @@ class Training:
 def checked_identity(cfg: Config, command: str) -> dict:
     """The settings (and training-data hash) a resume of `command` must find unchanged; refuses an
     output_dir holding another run's checkpoints before anything is written."""
+    from r1rm.data.files import check_output_dir
     from r1rm.data.training_sets import data_fingerprint
 
+    check_output_dir(cfg.output_dir)  # a folder that cannot be written: refused before anything else
     identity = {**run_identity(cfg, command), "data.train.sha256": data_fingerprint(cfg.data.train)}
     if cfg.runtime.resume:
         check_resumable(Path(cfg.output_dir), identity, command, cfg.data.train)
@@ -61,11 +64,16 @@ def start_training(cfg: Config, oc: OptimConfig, *, identity: dict, accum: int, 
     from torch.optim.lr_scheduler import LambdaLR
 
     from r1rm.core.schedules import lr_multiplier
-    from r1rm.models.loading import load_model_for, load_processor_for
+    from r1rm.models.loading import check_context, check_model, hub_kwargs, load_model_for, load_processor_for
     from r1rm.runtime.accel import make_accelerator, make_optimizer, prepare_reference
     from r1rm.runtime.modelprep import prepare_for_training
     from r1rm.runtime.tracking import resolve
 
+    # before the processes start and the weights load: a damaged checkpoint (config.json, safetensors
+    # headers), or responses longer than the model's positions
+    config = check_model(cfg.model.path, **hub_kwargs(cfg.model))
+    if isinstance(oc, RLConfig):
+        check_context(config, cfg.model.path, new_tokens=oc.max_new_tokens, key="rl.max_new_tokens")
     acc = make_accelerator(deepspeed_config=cfg.runtime.deepspeed, grad_accum=accum, micro_batch=oc.micro_batch_size,
                            max_grad_norm=oc.max_grad_norm, device=cfg.runtime.device,
                            mixed_precision=cfg.runtime.mixed_precision, log_with=resolve(cfg.runtime.report_to),
@@ -98,9 +106,15 @@ def resume(t: Training, cfg: Config) -> tuple[Path | None, dict]:
     """The last complete checkpoint (runtime.resume) with the model, optimizer, scheduler and RNG
     states restored, and its trainer state; (None, {}) for a fresh start."""
     ckpt = latest_checkpoint(t.out) if cfg.runtime.resume else None
-    if ckpt is not None and t.acc.is_main_process:
-        # a finished run's rerun saves nothing: what a kill left half-written goes now, not at the next save
-        remove_partial_checkpoints(t.out)
+    if t.acc.is_main_process:
+        # on every start (a finished run's rerun saves nothing, a run killed in its first save has no
+        # checkpoint): what a kill left half-written goes now, not at the next save
+        removed = remove_partial_checkpoints(t.out)
+        if removed:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"removed what a killed run left half-written: {', '.join(removed)}")
+    kill_point("load")  # the kill-and-resume tests' "while loading" moment (model loaded, state not yet)
     return ckpt, (load_checkpoint(t.acc, ckpt) if ckpt is not None else {})
 
 
@@ -143,6 +157,7 @@ def write_outputs(t: Training, state_dict: dict, summary: dict) -> None:
     if t.acc.is_main_process:
         save_hf(t.acc.unwrap_model(t.model), t.processor, t.out / "model", state_dict=state_dict)
         (t.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    kill_point("end")  # the kill-and-resume tests' "after the end" moment
 
 
 def close(t: Training, log, *engines, wait: bool = True) -> None:

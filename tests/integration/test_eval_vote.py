@@ -218,18 +218,19 @@ def test_eval_split_across_two_processes_matches_one(tiny, data, tmp_path):
 
 
 def test_eval_killed_with_sigkill_resumes_without_loss_or_duplicates(cli, tiny, tmp_path):
-    """Real SIGKILLs (not a simulated cut), twice in a row, each at a random moment (after a random
-    number of generation records, then a random part of a chunk's time): no metrics.json before
-    the run is complete, and the rerun completes the file — every (item, order, sample) key
-    exactly once, the uninterrupted run's records and metrics (R1RM_KILL_SEED replays the moments)."""
-    from killing import kill_rng, run_and_kill, timed
+    """Real SIGKILLs (not a simulated exit), four in a row, each at a named phase (_R1RM_TEST_KILL_AT:
+    engine loaded, after the 5th record, after 30 more, after metrics.json — the same moments on any
+    machine), with a line cut mid-write between two of them: no metrics.json before the run is
+    complete, the cut line is dropped and written again, and the rerun completes the file — every
+    (item, order, sample) key exactly once, the uninterrupted run's records and metrics."""
+    from killing import kill_at_phase
 
     from r1rm.data.synthetic import write_dataset
 
     data = write_dataset(tmp_path / "d", 24, seed=9, levels=(1,), modality="image", prefix="heldout")
     extra = [f"eval.path={data}", "engine.batch_size=1", "generation.max_new_tokens=24"]
     full = tmp_path / "full"
-    proc, duration = timed(cli, "eval", *common(tiny, full), *extra)
+    proc = cli("eval", *common(tiny, full), *extra)
     assert proc.returncode == 0, proc.stderr[-2000:]
     want = rows_of(full / "generations.jsonl")
     assert len(want) == 48 and len({tuple(r["key"]) for r in want}) == 48
@@ -240,20 +241,21 @@ def test_eval_killed_with_sigkill_resumes_without_loss_or_duplicates(cli, tiny, 
         return [json.loads(x) for x in (gens.read_bytes() if gens.exists() else b"").split(b"\n")[:-1]]
 
     kills = []
-    for attempt in range(2):
-        rng = kill_rng("eval", attempt)
-        n = rng.randint(min(len(complete_rows()) + 1, 48), 48)  # kill once the n-th record is written ...
-        delay = rng.uniform(0.0, duration / 12)  # ... plus up to one chunk's (4 records') share of the run
-        kills.append(run_and_kill(["eval", *common(tiny, killed), *extra], label="eval", attempt=attempt,
-                                  delay_s=delay, trigger=lambda n=n: len(complete_rows()) >= n,
-                                  note=f"record {n} + ", timeout_s=300,
-                                  left=lambda: f"{len(complete_rows())} records, metrics {(killed / 'metrics.json').exists()}"))
+    for phase, n in (("load:1", 0), ("record:5", 5), ("record:30", 35), ("end:1", 48)):
+        kills.append(kill_at_phase(["eval", *common(tiny, killed), *extra], label="eval", phase=phase, timeout_s=300,
+                                   left=lambda: f"{len(complete_rows())} records, metrics {(killed / 'metrics.json').exists()}"))
         why = "\n".join(map(str, kills))
-        assert kills[-1].killed or kills[-1].returncode == 0, f"{why}\n{kills[-1].stderr_tail}"
+        assert kills[-1].killed, f"{why}\n{kills[-1].stderr_tail}"
         got = complete_rows()
-        assert got == want[: len(got)], why  # a prefix of the uninterrupted run's records: none twice, none altered
-        if (killed / "metrics.json").exists():  # nothing presented as complete before it is
-            assert json.loads((killed / "metrics.json").read_text())["complete"] and len(got) == 48, why
+        assert len(got) == n and got == want[:n], why  # a prefix of the uninterrupted run's records: none twice
+        # nothing presented as complete before it is
+        assert (killed / "metrics.json").exists() == (n == 48), why
+        if phase == "record:5":  # a kill inside a write: half of the next record, no newline
+            with open(gens, "ab") as f:
+                f.write(json.dumps(want[5]).encode()[:40])
+            assert "repaired" not in kills[-1].stderr_tail
+    assert "repaired" in kills[2].stderr_tail and "generations.jsonl:6" in kills[2].stderr_tail, kills[2].stderr_tail
+    assert json.loads((killed / "metrics.json").read_text())["complete"]
     again = cli("eval", *common(tiny, killed), *extra)
     why = "\n".join(map(str, kills))
     assert again.returncode == 0, f"{why}\n{again.stderr[-2000:]}"

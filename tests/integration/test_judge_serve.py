@@ -74,12 +74,12 @@ def _png_data_url(colour="red") -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-@pytest.fixture
-def server(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def server(tiny, tmp_path_factory):
     from conftest import served_cli
 
-    with served_cli(*common(tiny, tmp_path / "srv"), "judge.api_key=sekret", "judge.max_request_bytes=200000",
-                    "judge.served_model_name=tiny-judge") as url:
+    with served_cli(*common(tiny, tmp_path_factory.mktemp("srv")), "judge.max_request_bytes=200000",
+                    "judge.served_model_name=tiny-judge", env={"R1RM_API_KEY": "sekret"}) as url:
         yield url
 
 
@@ -128,16 +128,17 @@ def _post(url, body: bytes, key="sekret"):
 
 
 def test_serve_rejects_bad_requests_and_keeps_serving(server):
-    ok = json.dumps({"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
+    ok = json.dumps({"model": "tiny-judge", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
     assert _post(server, b"{not json")[0] == 400
     assert _post(server, json.dumps({"messages": []}).encode())[0] == 400
     bad_img = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}
     status, body = _post(server, json.dumps(bad_img).encode())
-    assert status == 400 and "data: URL" in body["error"]["message"]
+    assert status == 400 and "data URL" in body["error"]["message"]
     assert _post(server, json.dumps({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}).encode())[0] == 400
     assert _post(server, json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}).encode())[0] == 400
     assert _post(server, ok, key="wrong")[0] == 401
     assert _post(server, b"x" * 300_000)[0] == 413
+    assert _post(server, json.dumps({"model": "other", "messages": [{"role": "user", "content": "hi"}]}).encode())[0] == 404
     status, body = _post(server, ok)
     assert status == 200 and body["choices"][0]["message"]["role"] == "assistant"
 

@@ -105,46 +105,47 @@ def test_bad_batch_and_data_are_user_errors(cli, tiny, data, tmp_path):
 
 
 def test_kill_and_resume_reproduces_the_loss_curve(cli, tiny, data, tmp_path):
-    """SIGKILL the same run three times in a row, each at a random moment (5–95 % of an
-    uninterrupted run's wall time: while loading, mid-step, mid-checkpoint, after the end), then
-    let it finish: every step logged once with the uninterrupted run's loss, the same summary and
-    weights, and never a half-written checkpoint (R1RM_KILL_SEED replays the moments)."""
-    from killing import (
-        assert_checkpoints_complete,
-        assert_same_weights,
-        complete_rows,
-        kill_at_random_moment,
-        timed,
-        training_state,
-    )
+    """SIGKILL the same run four times in a row, each at a named phase (_R1RM_TEST_KILL_AT: while
+    loading, mid-step, mid-checkpoint, after the end — the same moments on a fast or a slow
+    machine), then start it again: every step logged once with the uninterrupted run's loss, the
+    same summary and weights, never a half-written checkpoint under a step- name, and what a kill
+    left half-written removed on the next start."""
+    from killing import assert_checkpoints_complete, assert_same_weights, complete_rows, kill_at_phase, training_state
 
     full, killed = tmp_path / "full", tmp_path / "killed"
-    common = ["sft.max_steps=10", "sft.save_every_steps=4", "sft.batch_size=4", "sft.micro_batch_size=2"]
-    proc, duration = timed(cli, *args(tiny, data, full, *common))
+    common = ["sft.max_steps=8", "sft.save_every_steps=3", "sft.batch_size=4", "sft.micro_batch_size=2"]
+    proc = cli(*args(tiny, data, full, *common))
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = losses(full)
-    ref_ckpt = full / "checkpoints" / "step-0000010"
+    ref_ckpt = full / "checkpoints" / "step-0000008"
+    ckpts = killed / "checkpoints"
+    # (phase, what it left: steps logged, checkpoint folders; the tiny recipe keeps 3)
+    plan = [("load:1", 0, []),  # model loaded, nothing trained yet
+            ("step:5", 4, ["step-0000003"]),  # inside step 5 (backward done, no optimizer step)
+            ("checkpoint:1", 6, [".tmp-step-0000006", "step-0000003"]),  # resumed at 3, killed writing step 6
+            ("end:1", 8, ["step-0000003", "step-0000006", "step-0000008"])]  # summary.json written
     kills = []
-    for attempt in range(3):
-        kills.append(kill_at_random_moment(args(tiny, data, killed, *common), label="sft", attempt=attempt,
-                                           duration_s=duration, left=lambda: training_state(killed)))
+    for phase, n_rows, left in plan:
+        kills.append(kill_at_phase(args(tiny, data, killed, *common), label="sft", phase=phase,
+                                   left=lambda: training_state(killed)))
         why = "\n".join(map(str, kills))
-        assert kills[-1].killed or kills[-1].returncode == 0, f"{why}\n{kills[-1].stderr_tail}"
-        # at every moment: the logged steps are 1..m, once each, with the uninterrupted losses
-        rows = complete_rows(killed)
-        assert [r["step"] for r in rows] == list(range(1, len(rows) + 1)), why
+        assert kills[-1].killed, f"{why}\n{kills[-1].stderr_tail}"
+        rows = complete_rows(killed)  # the logged steps are 1..m, once each, with the uninterrupted losses
+        assert [r["step"] for r in rows] == list(range(1, n_rows + 1)), why
         assert all(r["loss"] == pytest.approx(a[r["step"]], abs=1e-5) for r in rows), why
+        assert (sorted(p.name for p in ckpts.iterdir()) if ckpts.is_dir() else []) == left, why
         assert_checkpoints_complete(killed, ref_ckpt, why, mid_run=True)  # step- names: complete ones only
-    # a half-written checkpoint (a kill inside its write) must be ignored, and cleaned up
-    junk = killed / "checkpoints" / ".tmp-step-0000008"
-    junk.mkdir(parents=True, exist_ok=True)
-    (junk / "trainer_state.json").write_text(json.dumps({"step": 8, "counters": {}}))
-    (junk / "model.safetensors").write_bytes(b"cut")
+    assert (killed / "summary.json").is_file() and (killed / "model").is_dir()
+    # killed after the end: the rerun returns the summary and still removes what a kill left half-written
+    for junk in (ckpts / ".tmp-step-0000009", ckpts / ".del-step-0000003"):
+        junk.mkdir()
+        (junk / "model.safetensors").write_bytes(b"cut")
     proc = cli(*args(tiny, data, killed, *common))
     why = "\n".join(map(str, kills))
     assert proc.returncode == 0, f"{why}\n{proc.stderr[-3000:]}"
+    assert ".tmp-step-0000009" in proc.stderr and ".del-step-0000003" in proc.stderr, proc.stderr[-2000:]
     rows = complete_rows(killed)
-    assert [r["step"] for r in rows] == list(range(1, 11)), why  # no step lost or logged twice
+    assert [r["step"] for r in rows] == list(range(1, 9)), why  # no step lost or logged twice
     for r in rows:
         assert r["loss"] == pytest.approx(a[r["step"]], abs=1e-5), (r["step"], why)
     s_full, s_killed = (json.loads((d / "summary.json").read_text()) for d in (full, killed))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from r1rm.config import Config
+from r1rm.data.files import loads_json
 
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
@@ -61,8 +62,8 @@ def reusable(out: Path, key: str) -> dict | None:
     if not path.is_file():
         return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
+        manifest = loads_json(path.read_bytes(), allow_nan=True)
+    except ValueError:  # LineError included: a damaged manifest is rebuilt
         return None
     if manifest.get("clean_key") != key or not manifest.get("clean_complete"):
         return None
