@@ -444,7 +444,10 @@ class JudgeConfig(Section):
         "or from connecting) gets 408 and is closed."
     )
     body_timeout_s: float = Field(30.0, gt=0, description="--serve: a request whose body is not complete within this of its headers gets 408 and is closed.")
-    keep_alive_s: float = Field(5.0, gt=0, description="--serve: idle keep-alive connections are closed after this.")
+    keep_alive_s: float = Field(
+        75.0, gt=0, description="--serve: idle keep-alive connections are closed after this; longer than clients' own idle "
+        "expiry (httpx 5 s, aiohttp 15 s), so a client never reuses a connection the server is closing."
+    )
     shutdown_timeout_s: float = Field(
         30.0, ge=0, description="--serve: on SIGTERM, how long in-flight requests may finish (new ones get 503) before exit."
     )

@@ -179,26 +179,10 @@ class _Item:
 BenchmarkItem = _Item
 
 
-def read_benchmark(
-    name: str,
-    path: str | os.PathLike,
-    *,
-    image_root: str | os.PathLike | None = None,
-    check_media: bool = False,
-    skip_missing_media: bool = False,
-    limit: int | None = None,
-    skipped: list[Reject] | None = None,
-    subset: str | None = None,
-    split: str | None = None,
-    media_dir: str | os.PathLike | None = None,
-    video_max_frames: int = 8,
-    max_pixels: int | None = None,
-) -> list[Record]:
-    """Read benchmark `name` from `path` into Records (METHOD §5), in file order (`load_benchmark`
-    without the media root)."""
-    return load_benchmark(name, path, image_root=image_root, check_media=check_media, skip_missing_media=skip_missing_media,
-                          limit=limit, skipped=skipped, subset=subset, split=split, media_dir=media_dir,
-                          video_max_frames=video_max_frames, max_pixels=max_pixels).records
+def read_benchmark(name: str, path: str | os.PathLike, **options) -> list[Record]:
+    """Read benchmark `name` from `path` into Records (METHOD §5), in file order: `load_benchmark`'s
+    records, same keyword options, without the media root."""
+    return load_benchmark(name, path, **options).records
 
 
 @dataclass
