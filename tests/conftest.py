@@ -65,13 +65,14 @@ def served_process(*args: str, env: dict | None = None, timeout_s: float = 120):
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "r1rm.cli", "judge", "--serve", *map(str, args), "judge.port=0"],
                                 stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, **(env or {})})
-    line = ""
+    line, m = "", None
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    # the server's own line names its URL (vLLM's INFO lines on stdout may say "serving" too)
+    while time.monotonic() < deadline and m is None:
         line = proc.stdout.readline()
-        if "serving" in line or proc.poll() is not None:
+        m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
+        if m is None and not line and proc.poll() is not None:
             break
-    m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
     try:
         assert m, (line, log.read_text())
         yield f"http://127.0.0.1:{m.group(1)}/v1", proc, log
