@@ -8,45 +8,16 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.fake_endpoint import Scripted
 
-class _Refusing:
+
+def _refusing(status: int) -> Scripted:
     """An OpenAI-compatible endpoint that answers every request with one HTTP error status."""
-
-    def __init__(self, status: int):
-        self.calls = 0
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):  # noqa: N802
-                self.rfile.read(int(self.headers["Content-Length"]))
-                owner.calls += 1
-                msg = {401: "Incorrect API key provided", 404: "The model `judge` does not exist."}[status]
-                out = json.dumps({"error": {"message": msg, "type": "invalid_request_error"}}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    msg = {401: "Incorrect API key provided", 404: "The model `judge` does not exist."}[status]
+    return Scripted([(status, {}, json.dumps({"error": {"message": msg, "type": "invalid_request_error"}}).encode())])
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +80,7 @@ def test_judge_names_no_best_when_every_verdict_is_undecided(cli, tmp_path):
 def test_refused_key_or_unknown_model_stops_at_once(cli, pairs, tmp_path, status):
     out = tmp_path / "o"
     os.environ.pop("R1RM_POLISH_KEY", None)
-    with _Refusing(status) as ep:
+    with _refusing(status) as ep:
         proc = cli("eval", "engine.kind=openai", f"engine.base_url={ep.url}", "engine.model_name=judge",
                    "engine.api_key_env=R1RM_POLISH_KEY", "engine.concurrency=2", "engine.max_retries=3",
                    f"eval.path={pairs}", f"output_dir={out}", "runtime.progress=false", "runtime.report_to=none")

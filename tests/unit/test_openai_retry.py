@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -25,6 +23,7 @@ from r1rm.engines.openai_client import (
     completion_problem,
     parse_retry_after,
 )
+from tests.fake_endpoint import Scripted
 
 OK = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "<answer>1</answer>"},
                    "finish_reason": "stop"}]}
@@ -71,44 +70,6 @@ def test_completion_problem_names_the_malformed_field(reply, problem):
 def test_completion_problem_accepts_a_valid_reply_with_extras():
     assert completion_problem({**OK, "usage": None, "extra": 1}) is None
     assert completion_problem({"choices": [{"message": {"content": None}, "logprobs": None}]}) is None
-
-
-class Scripted:
-    """A server answering POSTs from a list of (status, headers, body) in turn (the last one repeats)."""
-
-    def __init__(self, replies: list[tuple[int, dict, bytes]], drip_s: float = 0.0):
-        self.replies, self.calls = list(replies), 0
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):  # noqa: N802
-                self.rfile.read(int(self.headers["Content-Length"]))
-                status, headers, body = owner.replies[min(owner.calls, len(owner.replies) - 1)]
-                owner.calls += 1
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                for i in range(len(body)):
-                    if drip_s:
-                        time.sleep(drip_s)
-                    self.wfile.write(body[i : i + 1])
-                    self.wfile.flush()
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda *a: None
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 class FakeTime:
