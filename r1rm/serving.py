@@ -410,7 +410,7 @@ class Metrics:
                           f"r1rm_{name}_total {self.counters[name]}"]
         lines += ["# HELP r1rm_queue_depth HTTP requests waiting for the engine.", "# TYPE r1rm_queue_depth gauge",
                   f"r1rm_queue_depth {self.queue_depth()}",
-                  "# HELP r1rm_inflight_requests HTTP requests being served.", "# TYPE r1rm_inflight_requests gauge",
+                  "# HELP r1rm_inflight_requests HTTP requests being served (probes of /health and /metrics not counted).", "# TYPE r1rm_inflight_requests gauge",
                   f"r1rm_inflight_requests {self.inflight()}"]
         return "\n".join(lines) + "\n"
 
@@ -693,14 +693,17 @@ class Guard:
             await send(msg)
 
         refusal = self._refusal(scope)
-        counted, arriving = refusal is None, None
+        # probes are not work: a drain waits for (and /health reports) the requests that generate, never itself
+        probe = scope["method"] == "GET" and scope["path"] in ("/health", "/metrics")
+        counted, arriving = refusal is None and not probe, None
         reservation = _Reservation(st.pixels) if st.pixels is not None and refusal is None else None
         _RESERVATION.set(reservation)
         try:
             if refusal is not None:
                 await _send_json(send_counted, refusal.status, refusal.body(), refusal.headers)
                 return
-            st.inflight += 1
+            if counted:
+                st.inflight += 1
             if scope["method"] == "POST" and st.batcher is not None:
                 arriving = st.batcher.arrival()
             body = await self._read_body(receive) if scope["method"] in ("POST", "PUT", "PATCH") else b""
