@@ -45,8 +45,14 @@ test-vllm:
 # ---- the main job on the embedded default (tiny model, synthetic colour task)
 # the demo's model has 8 attention heads: with 4 (the tiny default) and batch 8, SFT stalled on a
 # plateau for some seeds and CPU kernels (docs/results/2026-12-05-demo-robustness.md)
+# SEED: the model's initial weights and the training seeds (the data stay the same); SFT_ARGS / RL_ARGS:
+# extra `key=value` overrides (scripts/demo_sweep.py varies all three)
+SEED ?= 0
+DEMO_MODEL_FLAGS ?= --heads 8
+SFT_ARGS ?=
+RL_ARGS ?=
 $(DEMO)/model/config.json: | install
-	$(R1RM) tiny-model --heads 8 $(DEMO)/model
+	$(R1RM) tiny-model $(DEMO_MODEL_FLAGS) --seed $(SEED) $(DEMO)/model
 
 # the 4-head tiny default, which the transfer and stability miniatures were measured with
 BASE4 ?= out/tiny4
@@ -81,12 +87,12 @@ demo-eval-base: demo-model demo-data
 	$(EVAL) model.path=$(DEMO)/model output_dir=$(DEMO)/eval_base
 
 demo-sft: demo-eval-base
-	$(R1RM) sft --recipe $(DEMO_SFT) model.path=$(DEMO)/model data.train=[$(DEMO)/data/train.jsonl] output_dir=$(DEMO)/sft
+	$(R1RM) sft --recipe $(DEMO_SFT) model.path=$(DEMO)/model data.train=[$(DEMO)/data/train.jsonl] output_dir=$(DEMO)/sft seed=$(SEED) $(SFT_ARGS)
 	$(EVAL) model.path=$(DEMO)/sft/model output_dir=$(DEMO)/eval_sft
 
 # RL keeps its best checkpoint on the validation split (rl/best); the held-out eval and the vote score it
 demo-rl: demo-sft
-	$(R1RM) rl --recipe $(DEMO_RL) model.path=$(DEMO)/sft/model data.train=[$(DEMO)/build] data.eval=[$(DEMO)/data/val.jsonl] output_dir=$(DEMO)/rl
+	$(R1RM) rl --recipe $(DEMO_RL) model.path=$(DEMO)/sft/model data.train=[$(DEMO)/build] data.eval=[$(DEMO)/data/val.jsonl] output_dir=$(DEMO)/rl seed=$(SEED) $(RL_ARGS)
 	$(EVAL) model.path=$(DEMO)/rl/best output_dir=$(DEMO)/eval_rl
 
 # test-time scaling of the final model: 5 samples per item and order, then the voting curve

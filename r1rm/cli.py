@@ -107,13 +107,14 @@ def tiny_model(
         help="qwen2_5_vl, qwen2_vl, qwen3_vl, internvl3_5 or llava_onevision.")] = "qwen2_5_vl",
     arch: Annotated[str | None, typer.Option(hidden=True, help="Deprecated name of --family.")] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Load it back and generate once.")] = True,
-    heads: Annotated[int, typer.Option(help="Text attention heads (KV heads: half); the width stays 128.")] = 4,
+    heads: Annotated[int, typer.Option(help="Text attention heads (KV heads: half).")] = 4,
+    width: Annotated[int, typer.Option(help="Text decoder width (hidden size; the MLP is twice as wide).")] = 128,
 ) -> None:
     """Write a tiny randomly initialised checkpoint of a VLM family with a locally trained tokenizer (offline)."""
     from r1rm.commands import tiny_model as cmd
 
     option = "--arch" if arch else "--family"
-    cmd.run(out_dir, seed=seed, family=arch or family, check=check, heads=heads, option=option)
+    cmd.run(out_dir, seed=seed, family=arch or family, check=check, heads=heads, width=width, option=option)
 
 
 _recipe_command("synth", "Generate the synthetic preference task (train + held-out sets) in image, caption or text modality.")

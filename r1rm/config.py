@@ -241,7 +241,22 @@ class OptimConfig(Section):
     )
 
 
-class SFTConfig(OptimConfig):
+class PeriodicEvalConfig(Section):
+    """sft and rl: the periodic greedy both-orders eval on data.eval and the best checkpoint it keeps."""
+
+    eval_every_steps: int = Field(0, ge=0, description="Held-out eval (data.eval, both orders, greedy) interval in "
+                                  "steps (and at the last step); 0 disables.")
+    eval_limit: int | None = Field(None, ge=1, description="Held-out items used by the periodic eval (None: all).")
+    keep_best: bool = Field(
+        False, description="Keep the model with the best periodic-eval best_metric in output_dir/best (best.json: "
+        "step, value); give data.eval a validation split, not the test set."
+    )
+    best_metric: Literal["both_orders_strict", "both_orders_mean", "chosen_first", "chosen_second"] = Field(
+        "both_orders_strict", description="keep_best: the periodic-eval accuracy to maximise (ties keep the earlier step)."
+    )
+
+
+class SFTConfig(PeriodicEvalConfig, OptimConfig):
     epochs: float = Field(1.0, gt=0, le=10_000, description="Passes over the training data (R1-Reward: 1).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(256, ge=1, description="Global batch size in samples (R1-Reward: 256).")
@@ -316,7 +331,7 @@ class StressConfig(Section):
     outlier_reward: float = Field(-10.0, description="rl.stress.reward_outliers: the reward those samples get.")
 
 
-class RLConfig(OptimConfig):
+class RLConfig(PeriodicEvalConfig, OptimConfig):
     lr: float = Field(1e-6, gt=0, description="Peak learning rate (R1-Reward paper: 1e-6; released script: 3e-7).")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps with linear warm-up.")
     algorithm: Literal[ALGORITHMS] = Field(
@@ -360,15 +375,6 @@ class RLConfig(OptimConfig):
     consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
     save_every_steps: int = Field(50, ge=1, description="Checkpoint interval in rollout steps.")
     keep_last: int = Field(2, ge=1, description="Checkpoints kept on disk.")
-    eval_every_steps: int = Field(0, ge=0, description="Held-out eval (data.eval, both orders, greedy) interval; 0 disables.")
-    eval_limit: int | None = Field(None, ge=1, description="Held-out items used by the periodic eval (None: all).")
-    keep_best: bool = Field(
-        False, description="Keep the policy with the best periodic-eval rl.best_metric in output_dir/best (best.json: "
-        "step, value); give data.eval a validation split, not the test set."
-    )
-    best_metric: Literal["both_orders_strict", "both_orders_mean", "chosen_first", "chosen_second"] = Field(
-        "both_orders_strict", description="rl.keep_best: the periodic-eval accuracy to maximise (ties keep the earlier step)."
-    )
     shuffle: bool = Field(True, description="Shuffle prompts each epoch; false keeps file order (curriculum).")
     both_orders: bool = Field(
         False, description="Roll every item out as given and swapped in the same batch: label-balanced batches, "

@@ -40,7 +40,7 @@ def smoke_generate(path: Path, max_new_tokens: int = 12) -> tuple[int, str]:
 
 
 def run(out_dir: Path, *, seed: int = 0, family: str = "qwen2_5_vl", check: bool = True, heads: int = 4,
-        option: str = "--family") -> Path:
+        width: int = 128, option: str = "--family") -> Path:
     """Build, report and (check) load back the checkpoint; `option` names the flag that gave `family`."""
     if family not in FAMILIES:
         raise ConfigError(f"unknown {option} '{family}'", fix=f"use one of: {', '.join(FAMILIES)}")
@@ -49,10 +49,13 @@ def run(out_dir: Path, *, seed: int = 0, family: str = "qwen2_5_vl", check: bool
 
     from r1rm.models.tiny import TINY, build_tiny_model, with_heads
 
+    if not 16 <= width <= 4096 or width % 16:
+        raise ConfigError(f"--width {width}: the text width must be a multiple of 16 in [16, 4096]", fix="say, --width 256")
     try:
-        model_size = with_heads(TINY, heads)
+        model_size = with_heads(TINY, heads, width)
     except ValueError as e:
-        raise ConfigError(f"--heads {heads}: {e}", fix="use 1, 2, 4, 8 or 16 (the text width is 128)") from None
+        raise ConfigError(f"--heads {heads} --width {width}: {e}",
+                          fix=f"use a head count that leaves head_dim = width / heads of 8 or more (say, --heads {max(1, width // 32)})") from None
     console = Console()
     path = Path(build_tiny_model(out_dir, seed=seed, family=family, size=model_size))
     n_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

@@ -157,21 +157,24 @@ MID = ModelSize(
 SIZES = {"tiny": TINY, "mid": MID}
 
 
-def with_heads(size: ModelSize, heads: int) -> ModelSize:
+def with_heads(size: ModelSize, heads: int, width: int | None = None) -> ModelSize:
     """`size` with `heads` text attention heads: half as many KV heads (at least 1) and Qwen2.5-VL's
-    mrope split (1/4 temporal, 3/8 height, 3/8 width of head_dim / 2) rescaled to the new head_dim.
+    mrope split (1/4 temporal, 3/8 height, 3/8 width of head_dim / 2) rescaled to the new head_dim;
+    `width` sets the text hidden size too (the MLP twice as wide).
     Raises ValueError when the width does not split that way (say, 128 wide with 3 or 32 heads)."""
     from dataclasses import replace
 
-    if heads < 1 or size.hidden_size % heads:
-        raise ValueError(f"{heads} heads do not divide hidden_size {size.hidden_size}")
-    half = size.hidden_size // heads // 2
+    hidden = size.hidden_size if width is None else width
+    if heads < 1 or hidden % heads:
+        raise ValueError(f"{heads} heads do not divide hidden_size {hidden}")
+    half = hidden // heads // 2
     if half < 4:
         raise ValueError(f"{heads} heads leave head_dim {2 * half}: the mrope split needs 8 or more")
     t = half // 4
     hw = (half - t) // 2
+    widths = {} if width is None else {"hidden_size": width, "intermediate_size": 2 * width}
     return replace(size, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
-                   mrope_section=(half - 2 * hw, hw, hw))
+                   mrope_section=(half - 2 * hw, hw, hw), **widths)
 
 
 def default_corpus() -> list[str]:
