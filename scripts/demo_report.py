@@ -15,6 +15,40 @@ import sys
 from pathlib import Path
 
 STAGES = (("untrained", "eval_base"), ("after SFT", "eval_sft"), ("after SFT + RL", "eval_rl"))
+# the range measured across seeds, thread counts and CPU kernels (scripts/demo_sweep.py): what a run of
+# `make demo` on any machine should land in; the report reads it, README states it
+EXPECTED = Path(__file__).resolve().parent / "demo_expected.json"
+
+
+def against_expected(demo: Path, expected: Path) -> list[str]:
+    """The run's held-out both-orders strict accuracy after SFT and after RL, and RL's gain, beside the
+    measured range in `expected`; says plainly when a number falls outside it and what to report."""
+    want = json.loads(expected.read_text())
+    got = {}
+    for key, sub in (("after_sft", "eval_sft"), ("after_rl", "eval_rl")):
+        acc = json.loads((demo / sub / "metrics.json").read_text())["accuracy"]["both_orders_strict"]["overall"]
+        got[key] = round(100 * acc, 1)
+    got["rl_gain"] = round(got["after_rl"] - got["after_sft"], 1)
+    names = {"after_sft": "after SFT", "after_rl": "after SFT + RL", "rl_gain": "RL gain (points)"}
+    lines = [f"expected range: {want['runs']} ({want['measured']}, {want['record']})", "",
+             "| held-out both-orders strict | this run | measured range (min / median / max) | |", "|---|---|---|---|"]
+    outside = []
+    for key, name in names.items():
+        r = want[key]
+        inside = r["min"] <= got[key] <= r["max"]
+        if not inside:
+            outside.append(name)
+        lines.append(f"| {name} | {got[key]:g} | {r['min']:g} / {r['median']:g} / {r['max']:g} | "
+                     f"{'inside' if inside else '**OUTSIDE**'} |")
+    if outside:
+        lines += ["", f"OUTSIDE the measured range: {', '.join(outside)}. This machine's numerics led training elsewhere; "
+                  f"please open an issue with {demo}/report.md, the metrics.json of {demo}/eval_sft and "
+                  f"{demo}/eval_rl, {demo}/sft/metrics.jsonl, {demo}/rl/metrics.jsonl, the output of `lscpu` and of "
+                  "`python -c \"import torch; print(torch.__config__.show())\"`, OMP_NUM_THREADS, and the commit "
+                  "(`git rev-parse HEAD`)."]
+    else:
+        lines += ["", "inside the measured range."]
+    return lines
 
 
 def rows(path: Path) -> list[dict]:
@@ -36,7 +70,8 @@ def main(demo: Path) -> int:
     votes = demo / "vote" / "votes.json"
     if votes.is_file():
         lines += ["", f"voting: `{votes}` (plot: `{demo / 'vote' / 'votes.png'}`)"]
-    report = "\n".join(lines) + "\n"
+    verdict = against_expected(demo, EXPECTED)
+    report = "\n".join(lines + ["", *verdict]) + "\n"
     (demo / "report.md").write_text(report)
     print(report)
 

@@ -45,45 +45,6 @@ def resolved_algorithm_options(cfg: Config) -> tuple[float | None, str]:
     return (cfg.rl.pre_clip_ratio if pre_clip else None), adv_filter
 
 
-def held_out_eval(cfg: Config, acc, model, processor, *, step: int) -> dict:
-    """Greedy both-orders accuracy of the current policy on data.eval (split across processes)."""
-    from accelerate.utils import gather_object
-
-    from r1rm.core.metrics import compute_metrics
-    from r1rm.data.chat import oriented, record_messages
-    from r1rm.data.generations import generation_row
-    from r1rm.data.training_sets import read_items
-    from r1rm.engines.base import Request, SamplingParams
-    from r1rm.engines.hf import HFEngine
-    from r1rm.runtime.accel import gathered_for_generation
-
-    items = read_items(cfg.data.eval, image_root=cfg.data.image_root, target_field=None,
-                       max_pixels=cfg.model.max_pixels)[: cfg.rl.eval_limit]
-    mine = items[acc.process_index::acc.num_processes]
-    engine = HFEngine(acc.unwrap_model(model), processor, batch_size=cfg.engine.batch_size,
-                      share_prefill=cfg.engine.share_prefill)
-    reqs, meta = [], []
-    for it in mine:
-        for order in ("chosen_first", "chosen_second"):
-            rec = oriented(it.rec, order)
-            reqs.append(Request(record_messages(rec, prompt=cfg.data.prompt, image_root=it.root,
-                                                video_max_frames=cfg.model.video_max_frames, max_pixels=cfg.model.max_pixels)))
-            meta.append((it.rec, order))
-    params = SamplingParams(max_new_tokens=cfg.rl.max_new_tokens, temperature=0.0)
-    with gathered_for_generation(acc, model):
-        results = engine.generate(reqs, params)
-    rows = [generation_row(rec, order, 0, samples[0], allow_fallback=cfg.eval.answer_fallback)
-            for (rec, order), samples in zip(meta, results, strict=True)]
-    rows = gather_object(rows) if acc.num_processes > 1 else rows
-    m = compute_metrics(rows, benchmark="canonical")
-    accuracy = m["accuracy"]
-    return {"eval/both_orders_strict": accuracy["both_orders_strict"]["overall"],
-            "eval/both_orders_mean": accuracy["both_orders_mean"]["overall"],
-            "eval/chosen_first": accuracy["chosen_first"]["overall"],
-            "eval/chosen_second": accuracy["chosen_second"]["overall"],
-            "eval/parse_fail_rate": m["parse_fail_rate"], "eval/step": step}
-
-
 def run(cfg: Config) -> dict:
     from r1rm.runtime.checkpoint import recover_best
     from r1rm.runtime.consistency import make_consistency_engine
@@ -185,9 +146,7 @@ def _plan(cfg: Config) -> Plan:
     from r1rm.runtime.accel import split_batch
 
     rc = cfg.rl
-    if rc.keep_best and not (rc.eval_every_steps and cfg.data.eval):
-        raise ConfigError("rl.keep_best needs the periodic eval: rl.eval_every_steps > 0 and a data.eval file",
-                          fix="set rl.eval_every_steps and data.eval=[a validation split] (not the test set), or drop rl.keep_best")
+    training.check_keep_best(cfg, "rl")
     items = read_items(cfg.data.train, image_root=cfg.data.image_root, target_field=None,
                        max_pixels=cfg.model.max_pixels)
     items, flipped = with_label_noise(items, rc.stress.label_noise)
@@ -813,18 +772,12 @@ def _metrics(t: Training, ro: Rollout, rw: Rewards, lp: LogProbs, adv, dropped, 
 def _eval_log_save(cfg: Config, t: Training, plan: Plan, sampler: Sampler, metrics: dict, totals: _Totals, *,
                    step: int, log) -> None:
     """The periodic held-out eval (and rl.keep_best's best/), the metrics row, the checkpoint."""
-    from r1rm.core.metrics import improved_best
-    from r1rm.runtime.checkpoint import save_best
-
     rc = cfg.rl
-    if rc.eval_every_steps and cfg.data.eval and (step % rc.eval_every_steps == 0 or step == plan.total_rollouts):
-        totals.last_eval = held_out_eval(cfg, t.acc, t.model, t.processor, step=step)
+    evaluated = training.periodic_eval(cfg, t, rc, step=step, total=plan.total_rollouts, best=totals.best,
+                                       max_new_tokens=rc.max_new_tokens)
+    if evaluated is not None:
+        totals.last_eval, totals.best = evaluated
         metrics.update(totals.last_eval)
-        new_best = improved_best(totals.best, value=totals.last_eval[f"eval/{rc.best_metric}"], step=step,
-                                 metric=rc.best_metric) if rc.keep_best else None
-        if new_best is not None:  # the eval is gathered: every process takes the same branch
-            totals.best = new_best
-            save_best(t.acc, t.model, t.processor, t.out, record=new_best)
     if step % cfg.runtime.log_every_steps == 0 or step == plan.total_rollouts:
         log.log(step, metrics)
     if step % rc.save_every_steps == 0 and step < plan.total_rollouts:

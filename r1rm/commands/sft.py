@@ -15,7 +15,10 @@ Algorithm, top to bottom:
 5. AdamW, warm-up + cosine (or linear / constant) schedule, gradient clipping. A step whose
    loss or gradient is not finite is skipped and counted (under DeepSpeed the offending
    micro-batch contributes a zero gradient instead: DeepSpeed steps inside backward).
-6. Every `sft.save_every_steps` an atomic checkpoint (HF model + optimizer, scheduler, RNG,
+6. Every `sft.eval_every_steps` (and at the last step), with data.eval given: greedy both-orders
+   accuracy on it, logged as eval/*; with `sft.keep_best` the model with the best `sft.best_metric`
+   so far is kept in `<output_dir>/best` (best.json: step, value), for the next stage to start from.
+7. Every `sft.save_every_steps` an atomic checkpoint (HF model + optimizer, scheduler, RNG,
    data position); a rerun resumes from the last complete one and reproduces the loss curve.
    The final model goes to `<output_dir>/model`.
 
@@ -46,6 +49,7 @@ def run(cfg: Config) -> dict:
 
     sc = cfg.sft
     identity = training.checked_identity(cfg, "sft")  # another run's checkpoints: refused before any write
+    training.check_keep_best(cfg, "sft")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accum = split_batch(sc.batch_size, sc.micro_batch_size, world, keys=("sft.batch_size", "sft.micro_batch_size"))  # a config mistake stops before any reading
     items = read_items(cfg.data.train, image_root=cfg.data.image_root, target_field=sc.target_field,
@@ -58,8 +62,14 @@ def run(cfg: Config) -> dict:
 
     # ---- processes, model, optimizer; resume
     t = training.start_training(cfg, sc, identity=identity, accum=accum, total_steps=total_steps)
+    if sc.keep_best and t.acc.is_main_process:
+        from r1rm.runtime.checkpoint import recover_best
+
+        recover_best(t.out)  # a swap a kill interrupted
     ckpt, state = training.resume(t, cfg)
     step = state.get("step", 0)
+    # the periodic eval's last metrics and best record (sft.keep_best): carried by the checkpoints
+    last_eval, best = state.get("last_eval", {}), state.get("best")
     counters = state.get("counters", {"skipped_too_long": 0, "skipped_updates": 0, "nonfinite_microbatches": 0})
     # run totals for summary.json: carried by the checkpoints
     tokens_seen, last_loss = state.get("tokens_seen", 0), state.get("last_loss", float("nan"))
@@ -87,14 +97,20 @@ def run(cfg: Config) -> dict:
             metrics = {"epoch": epoch + (b + 1) / steps_per_epoch, "loss": m["loss"], "lr": lr,
                        "grad_norm": m["grad_norm"], "tokens": m["tokens"], "supervised_tokens": m["supervised_tokens"],
                        "tokens_per_s": m["tokens"] / m["dt"], "step_time_s": m["dt"], **counters}
-            if step % cfg.runtime.log_every_steps == 0 or step == total_steps:
+            evaluated = training.periodic_eval(cfg, t, sc, step=step, total=total_steps, best=best,
+                                               max_new_tokens=cfg.generation.max_new_tokens)
+            if evaluated is not None:
+                last_eval, best = evaluated
+                metrics.update(last_eval)
+            if step % cfg.runtime.log_every_steps == 0 or step == total_steps or evaluated is not None:
                 log.log(step, metrics)
             bar.update(task, advance=1,
                        description=f"sft loss {m['loss']:.4f} lr {lr:.2e} {m['tokens'] / m['dt']:,.0f} tok/s")
             if step % sc.save_every_steps == 0 and step < total_steps:
                 training.save(t, step=step, keep_last=sc.keep_last,
                               state={"epoch": epoch, "batch_in_epoch": b + 1, "counters": counters,
-                                     "tokens_seen": tokens_seen, "last_loss": last_loss})
+                                     "tokens_seen": tokens_seen, "last_loss": last_loss, "last_eval": last_eval,
+                                     "best": best})
 
     # ---- final model
     done = training.finished_summary(t, ckpt, step=step, resumed_at=resumed_at)
@@ -103,10 +119,10 @@ def run(cfg: Config) -> dict:
         return done
     state_dict = training.final_state_dict(t, step=step, keep_last=sc.keep_last,
                                            state={"counters": counters, "tokens_seen": tokens_seen,
-                                                  "last_loss": last_loss})
+                                                  "last_loss": last_loss, "last_eval": last_eval, "best": best})
     summary = {"steps": step, "final_loss": last_loss, "samples": len(items), "processes": t.acc.num_processes,
                "grad_accum": accum, "train_time_s": time.perf_counter() - t_start, "tokens_seen": tokens_seen,
-               **counters}
+               **counters, **last_eval, **({"best": best} if sc.keep_best else {})}
     if t.acc.device.type == "cuda":
         import torch
 
@@ -118,6 +134,9 @@ def run(cfg: Config) -> dict:
         Console().print(f"sft done: {step} steps, final loss {last_loss:.4f}; model in [bold]{t.out / 'model'}[/] "
                         f"({counters['skipped_too_long']} samples skipped as too long, "
                         f"{counters['skipped_updates']} updates skipped as non-finite)")
+        if best is not None:
+            Console().print(f"best periodic eval: {best['metric']} {best['value']:.4f} at step {best['step']} "
+                            f"([bold]{t.out / 'best'}[/])")
     training.close(t, log)
     return summary
 

@@ -142,6 +142,7 @@ RESUME_SECTIONS = {"sft": ("seed", "model.", "data.train", "data.image_root", "d
 # the consistency checker's endpoint and model stay free as they were under their old names (judge.*,
 # outside the rl identity)
 RESUME_FREE = ("model.gradient_checkpointing", "model.attn_implementation", "sft.max_steps", "sft.save_every_steps",
+               "sft.eval_every_steps", "sft.eval_limit",
                "sft.keep_last", "rl.max_steps", "rl.save_every_steps", "rl.keep_last", "rl.eval_every_steps",
                "rl.eval_limit", "rl.consistency.engine_kind", "rl.consistency.base_url", "rl.consistency.model_name",
                "rl.consistency.api_key_env", "rl.consistency.timeout_s", "rl.consistency.temperature",

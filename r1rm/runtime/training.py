@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r1rm.config import Config, OptimConfig, RLConfig, save_config
+from r1rm.config import Config, OptimConfig, PeriodicEvalConfig, RLConfig, save_config
 from r1rm.runtime.checkpoint import (
     check_resumable,
     finished_before,
@@ -53,6 +53,76 @@ def checked_identity(cfg: Config, command: str) -> dict:
     if cfg.runtime.resume:
         check_resumable(Path(cfg.output_dir), identity, command, cfg.data.train)
     return identity
+
+
+def check_keep_best(cfg: Config, command: str) -> None:
+    """keep_best needs its periodic eval: refused before anything is written."""
+    from r1rm.errors import ConfigError
+
+    section = getattr(cfg, command)
+    if section.keep_best and not (section.eval_every_steps and cfg.data.eval):
+        raise ConfigError(f"{command}.keep_best needs the periodic eval: {command}.eval_every_steps > 0 and a data.eval file",
+                          fix=f"set {command}.eval_every_steps and data.eval=[a validation split] (not the test set), "
+                          f"or drop {command}.keep_best")
+
+
+def held_out_eval(cfg: Config, acc, model, processor, *, step: int, limit: int | None, max_new_tokens: int) -> dict:
+    """Greedy both-orders accuracy of the model being trained on data.eval's first `limit` items (split
+    across processes)."""
+    from accelerate.utils import gather_object
+
+    from r1rm.core.metrics import compute_metrics
+    from r1rm.data.chat import oriented, record_messages
+    from r1rm.data.generations import generation_row
+    from r1rm.data.training_sets import read_items
+    from r1rm.engines.base import Request, SamplingParams
+    from r1rm.engines.hf import HFEngine
+    from r1rm.runtime.accel import gathered_for_generation
+
+    items = read_items(cfg.data.eval, image_root=cfg.data.image_root, target_field=None,
+                       max_pixels=cfg.model.max_pixels)[:limit]
+    mine = items[acc.process_index::acc.num_processes]
+    engine = HFEngine(acc.unwrap_model(model), processor, batch_size=cfg.engine.batch_size,
+                      share_prefill=cfg.engine.share_prefill)
+    reqs, meta = [], []
+    for it in mine:
+        for order in ("chosen_first", "chosen_second"):
+            rec = oriented(it.rec, order)
+            reqs.append(Request(record_messages(rec, prompt=cfg.data.prompt, image_root=it.root,
+                                                video_max_frames=cfg.model.video_max_frames, max_pixels=cfg.model.max_pixels)))
+            meta.append((it.rec, order))
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    with gathered_for_generation(acc, model):
+        results = engine.generate(reqs, params)
+    rows = [generation_row(rec, order, 0, samples[0], allow_fallback=cfg.eval.answer_fallback)
+            for (rec, order), samples in zip(meta, results, strict=True)]
+    rows = gather_object(rows) if acc.num_processes > 1 else rows
+    m = compute_metrics(rows, benchmark="canonical")
+    accuracy = m["accuracy"]
+    return {"eval/both_orders_strict": accuracy["both_orders_strict"]["overall"],
+            "eval/both_orders_mean": accuracy["both_orders_mean"]["overall"],
+            "eval/chosen_first": accuracy["chosen_first"]["overall"],
+            "eval/chosen_second": accuracy["chosen_second"]["overall"],
+            "eval/parse_fail_rate": m["parse_fail_rate"], "eval/step": step}
+
+
+def periodic_eval(cfg: Config, t: Training, section: PeriodicEvalConfig, *, step: int, total: int, best: dict | None,
+                  max_new_tokens: int) -> tuple[dict, dict | None] | None:
+    """At an eval step (every `section.eval_every_steps`, and the last): the held-out metrics and the
+    best record, `<output_dir>/best` rewritten when it improved (keep_best); None between evals."""
+    from r1rm.core.metrics import improved_best
+    from r1rm.runtime.checkpoint import save_best
+
+    if not (section.eval_every_steps and cfg.data.eval and (step % section.eval_every_steps == 0 or step == total)):
+        return None
+    last = held_out_eval(cfg, t.acc, t.model, t.processor, step=step, limit=section.eval_limit,
+                         max_new_tokens=max_new_tokens)
+    new_best = improved_best(best, value=last[f"eval/{section.best_metric}"], step=step,
+                             metric=section.best_metric) if section.keep_best else None
+    if new_best is not None:  # the eval is gathered: every process takes the same branch
+        save_best(t.acc, t.model, t.processor, t.out, record=new_best)
+        best = new_best
+    return last, best
 
 
 def start_training(cfg: Config, oc: OptimConfig, *, identity: dict, accum: int, total_steps: int,

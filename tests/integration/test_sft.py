@@ -262,3 +262,43 @@ def test_resume_refuses_another_runs_checkpoints(cli, tiny, data, tmp_path):
         assert len(state["run"]["data.train.sha256"]) == 64
     finally:
         mine.unlink(missing_ok=True)
+
+
+def test_keep_best_keeps_the_best_validation_checkpoint_across_a_resume(cli, tiny, data, tmp_path):
+    """sft.keep_best: the periodic greedy eval on data.eval every sft.eval_every_steps (and at the last
+    step) is logged; out/best holds the weights of the first step with the highest score, equal to
+    that step's checkpoint, named in best.json and summary.json; a run stopped at step 4 and resumed
+    to step 6 keeps the best record its checkpoint carried (the same evals, the same best)."""
+    from safetensors.torch import load_file
+
+    val = data  # a validation split in a real run; the point here is the bookkeeping
+    common = [f"data.eval=[{val}]", "sft.eval_every_steps=2", "sft.eval_limit=4", "sft.keep_best=true",
+              "sft.best_metric=both_orders_mean", "sft.batch_size=4", "sft.micro_batch_size=2", "sft.lr=3e-3",
+              "sft.save_every_steps=2", "sft.keep_last=5", "generation.max_new_tokens=40"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    proc = cli(*args(tiny, data, full, "sft.max_steps=6", *common))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evals = [(r["step"], r["eval/both_orders_mean"]) for r in map(json.loads, (full / "metrics.jsonl").read_text().splitlines())
+             if "eval/both_orders_mean" in r]
+    assert [s for s, _ in evals] == [2, 4, 6] and all(0 <= v <= 1 for _, v in evals)
+    top = max(v for _, v in evals)
+    want = next(s for s, v in evals if v == top)  # ties keep the earlier step
+    record = json.loads((full / "best" / "best.json").read_text())
+    assert record == {"step": want, "metric": "both_orders_mean", "value": top}
+    summary = json.loads((full / "summary.json").read_text())
+    assert summary["best"] == record and summary["eval/step"] == 6
+    best = load_file(full / "best" / "model.safetensors")
+    ref = load_file((full / "model" if want == 6 else full / "checkpoints" / f"step-{want:07d}") / "model.safetensors")
+    assert best.keys() == ref.keys() and all(best[k].equal(ref[k]) for k in best)
+    # stopped at step 4, resumed to 6 (sft.max_steps may change on a resume): the same evals and best
+    for steps in (4, 6):
+        proc = cli(*args(tiny, data, split, f"sft.max_steps={steps}", "sft.lr_schedule=constant", *common))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = cli(*args(tiny, data, tmp_path / "const", "sft.max_steps=6", "sft.lr_schedule=constant", *common))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "const", split))
+    assert a["best"] == b["best"] == json.loads((split / "best" / "best.json").read_text())
+    # without the periodic eval there is nothing to choose by: refused before anything is written
+    proc = cli(*args(tiny, data, tmp_path / "nobest", "sft.keep_best=true"))
+    assert proc.returncode == 2 and "sft.keep_best needs the periodic eval" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "nobest").exists()
