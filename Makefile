@@ -46,13 +46,23 @@ test-vllm:
 # the demo's model has 8 attention heads: with 4 (the tiny default) and batch 8, SFT stalled on a
 # plateau for some seeds and CPU kernels (docs/results/2026-12-05-demo-robustness.md)
 # SEED: the model's initial weights and the training seeds (the data stay the same); SFT_ARGS / RL_ARGS:
-# extra `key=value` overrides (scripts/demo_sweep.py varies all three)
+# extra `key=value` overrides (scripts/demo_sweep.py varies them)
 SEED ?= 0
 DEMO_MODEL_FLAGS ?= --heads 8
 SFT_ARGS ?=
 RL_ARGS ?=
+# The demo's numerics pinned: DEMO_THREADS threads, and PyTorch (ATen), MKL (conditional numerical
+# reproducibility) and oneDNN on their AVX2 code paths, so every x86-64 CPU with AVX2 runs the same
+# kernels and repeats the recorded numbers to the digit (about 16 % slower SFT steps than AVX-512
+# here). DEMO_PIN=0 lets the libraries pick (the spread that gives: docs/results/2026-12-06-demo-robustness.md).
+DEMO_THREADS ?= 2
+DEMO_PIN ?= 1
+ifeq ($(DEMO_PIN),1)
+DEMO_KERNELS := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
+endif
+DEMO_R1RM = env OMP_NUM_THREADS=$(DEMO_THREADS) MKL_NUM_THREADS=$(DEMO_THREADS) $(DEMO_KERNELS) $(R1RM)
 $(DEMO)/model/config.json: | install
-	$(R1RM) tiny-model $(DEMO_MODEL_FLAGS) --seed $(SEED) $(DEMO)/model
+	$(DEMO_R1RM) tiny-model $(DEMO_MODEL_FLAGS) --seed $(SEED) $(DEMO)/model
 
 # the 4-head tiny default, which the transfer and stability miniatures were measured with
 BASE4 ?= out/tiny4
@@ -67,38 +77,38 @@ DEMO_SFT   ?= recipes/tiny/sft_demo.yaml
 DEMO_RL    ?= recipes/tiny/rl_demo.yaml
 
 $(DEMO)/data/train.jsonl: recipes/tiny/synth.yaml $(DEMO_SYNTH) | install
-	$(R1RM) synth --recipe $(DEMO_SYNTH) output_dir=$(DEMO)/data
+	$(DEMO_R1RM) synth --recipe $(DEMO_SYNTH) output_dir=$(DEMO)/data
 
 # build-data (clean mode): the raw synthetic files validated, deduplicated, balanced, shuffled and
 # sharded into the set RL reads ($(DEMO)/build, with manifest.json; SFT reads train.jsonl in its
 # generated order, whose trajectory docs/results/2026-12-05-demo-robustness.md records)
 $(DEMO)/build/manifest.json: $(DEMO)/data/train.jsonl recipes/tiny/build_demo.yaml
-	$(R1RM) build-data --recipe recipes/tiny/build_demo.yaml output_dir=$(DEMO)/build \
+	$(DEMO_R1RM) build-data --recipe recipes/tiny/build_demo.yaml output_dir=$(DEMO)/build \
 	  "build.sources=[{name: synthetic-colour, format: canonical, path: $(DEMO)/data/train.jsonl}]"
 
 demo-model: $(DEMO)/model/config.json
 demo-data: $(DEMO)/data/train.jsonl $(DEMO)/build/manifest.json
-	$(R1RM) check-data $(DEMO)/data/train.jsonl $(DEMO)/data/val.jsonl $(DEMO)/data/eval.jsonl
+	$(DEMO_R1RM) check-data $(DEMO)/data/train.jsonl $(DEMO)/data/val.jsonl $(DEMO)/data/eval.jsonl
 
-EVAL = $(R1RM) eval --recipe recipes/tiny/eval.yaml data.eval=[$(DEMO)/data/eval.jsonl]
+EVAL = $(DEMO_R1RM) eval --recipe recipes/tiny/eval.yaml data.eval=[$(DEMO)/data/eval.jsonl]
 
 # untrained baseline on the held-out set, both orders
 demo-eval-base: demo-model demo-data
 	$(EVAL) model.path=$(DEMO)/model output_dir=$(DEMO)/eval_base
 
 demo-sft: demo-eval-base
-	$(R1RM) sft --recipe $(DEMO_SFT) model.path=$(DEMO)/model data.train=[$(DEMO)/data/train.jsonl] output_dir=$(DEMO)/sft seed=$(SEED) $(SFT_ARGS)
+	$(DEMO_R1RM) sft --recipe $(DEMO_SFT) model.path=$(DEMO)/model data.train=[$(DEMO)/data/train.jsonl] output_dir=$(DEMO)/sft seed=$(SEED) $(SFT_ARGS)
 	$(EVAL) model.path=$(DEMO)/sft/model output_dir=$(DEMO)/eval_sft
 
 # RL keeps its best checkpoint on the validation split (rl/best); the held-out eval and the vote score it
 demo-rl: demo-sft
-	$(R1RM) rl --recipe $(DEMO_RL) model.path=$(DEMO)/sft/model data.train=[$(DEMO)/build] data.eval=[$(DEMO)/data/val.jsonl] output_dir=$(DEMO)/rl seed=$(SEED) $(RL_ARGS)
+	$(DEMO_R1RM) rl --recipe $(DEMO_RL) model.path=$(DEMO)/sft/model data.train=[$(DEMO)/build] data.eval=[$(DEMO)/data/val.jsonl] output_dir=$(DEMO)/rl seed=$(SEED) $(RL_ARGS)
 	$(EVAL) model.path=$(DEMO)/rl/best output_dir=$(DEMO)/eval_rl
 
 # test-time scaling of the final model: 5 samples per item and order, then the voting curve
 demo-vote: demo-rl
-	$(R1RM) eval --recipe recipes/tiny/vote.yaml data.eval=[$(DEMO)/data/eval.jsonl] model.path=$(DEMO)/rl/best output_dir=$(DEMO)/vote
-	$(R1RM) vote --recipe recipes/tiny/vote.yaml output_dir=$(DEMO)/vote
+	$(DEMO_R1RM) eval --recipe recipes/tiny/vote.yaml data.eval=[$(DEMO)/data/eval.jsonl] model.path=$(DEMO)/rl/best output_dir=$(DEMO)/vote
+	$(DEMO_R1RM) vote --recipe recipes/tiny/vote.yaml output_dir=$(DEMO)/vote
 
 # the before/after table (out/demo/report.md) and training curves (out/demo/curves.png)
 demo-report: demo-vote

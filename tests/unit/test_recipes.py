@@ -76,7 +76,10 @@ def test_make_demo_chains_its_recipes():
         return proc.stdout
 
     demo = plan("demo", "DEMO=out/plan_demo")
-    assert "tiny-model --heads 8 out/plan_demo/model" in demo
+    assert "tiny-model --heads 8 --seed 0 out/plan_demo/model" in demo
+    # the numerics pinned by default (DEMO_PIN=1): the same kernels on every x86-64 CPU with AVX2
+    assert demo.count("env OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2") >= 10
+    assert "MKL_CBWR" not in plan("demo", "DEMO=out/plan_demo", "DEMO_PIN=0")
     assert "synth --recipe recipes/tiny/synth_flawed_teacher.yaml output_dir=out/plan_demo/data" in demo
     assert "check-data out/plan_demo/data/train.jsonl out/plan_demo/data/val.jsonl out/plan_demo/data/eval.jsonl" in demo
     assert "sft --recipe recipes/tiny/sft_demo.yaml model.path=out/plan_demo/model" in demo
@@ -89,7 +92,7 @@ def test_make_demo_chains_its_recipes():
     sft = load_config(repo / "recipes/tiny/sft_demo.yaml")
     rl = load_config(repo / "recipes/tiny/rl_demo.yaml")
     synth = load_config(repo / "recipes/tiny/synth_flawed_teacher.yaml")
-    assert (sft.sft.max_steps, sft.sft.batch_size, sft.sft.micro_batch_size) == (1000, 16, 4)
+    assert (sft.sft.max_steps, sft.sft.batch_size, sft.sft.micro_batch_size) == (1000, 16, 16)
     assert rl.rl.keep_best and rl.rl.eval_every_steps and rl.rl.max_steps % rl.rl.eval_every_steps == 0
     assert synth.data.synthetic.n_val > 0 and synth.data.synthetic.teacher_error > 0
     abl = plan("ablation-stability", "-B")
