@@ -371,6 +371,11 @@ class RLConfig(PeriodicEvalConfig, OptimConfig):
     )
     format_weight: float = Field(0.5, ge=0, description="Weight of the format reward.")
     consistency_weight: float = Field(0.5, ge=0, description="Weight of the consistency reward (multiplies result).")
+    order_consistency_weight: float = Field(
+        0.0, ge=0, description="r1rm's addition, with rl.both_orders: each sample also earns w × (1 − |its result − the "
+        "mean result of the same item's samples in the other order|), so a verdict that flips when the responses swap "
+        "(position bias) earns less than one that holds in both orders. 0 = off (the papers' reward)."
+    )
     type_weight: float = Field(0.2, ge=0, description="MSRL task-type reward weight (prompt msrl only).")
     consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
     save_every_steps: int = Field(50, ge=1, description="Checkpoint interval in rollout steps.")

@@ -80,22 +80,25 @@ def run_one(args, seed: int, threads: int, kernel: str) -> dict:
     return row
 
 
+def cell(m: dict | None) -> str:
+    return f"{m['chosen_first']} / {m['chosen_second']} / **{m['both_orders_strict']}**" if m else "-"
+
+
 def write_table(out: Path) -> None:
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x.strip()]
     lines = ["| variant | minutes | after SFT (first / second / strict) | after RL (first / second / strict) | RL gain |",
              "|---|---|---|---|---|"]
     sft_s, rl_s, gains = [], [], []
     for r in rows:
-        s, l = r.get("sft"), r.get("rl")
-        cell = (lambda m: f"{m['chosen_first']} / {m['chosen_second']} / **{m['both_orders_strict']}**" if m else "-")
-        gain = round(l["both_orders_strict"] - s["both_orders_strict"], 1) if s and l else None
+        s, after = r.get("sft"), r.get("rl")
+        gain = round(after["both_orders_strict"] - s["both_orders_strict"], 1) if s and after else None
         if s:
             sft_s.append(s["both_orders_strict"])
-        if l:
-            rl_s.append(l["both_orders_strict"])
+        if after:
+            rl_s.append(after["both_orders_strict"])
         if gain is not None:
             gains.append(gain)
-        lines.append(f"| {r['name']} | {r['minutes']} | {cell(s)} | {cell(l)} | {'' if gain is None else f'{gain:+}'} |")
+        lines.append(f"| {r['name']} | {r['minutes']} | {cell(s)} | {cell(after)} | {'' if gain is None else f'{gain:+}'} |")
     for label, xs in (("after SFT", sft_s), ("after RL", rl_s), ("RL gain", gains)):
         if xs:
             lines.append(f"\n{label}: min {min(xs)}, median {statistics.median(xs)}, max {max(xs)} over {len(xs)} runs")

@@ -147,6 +147,10 @@ def _plan(cfg: Config) -> Plan:
 
     rc = cfg.rl
     training.check_keep_best(cfg, "rl")
+    if rc.order_consistency_weight and not rc.both_orders:
+        raise ConfigError(f"rl.order_consistency_weight={rc.order_consistency_weight} compares each item's verdicts "
+                          "in both orders, which are rolled out only with rl.both_orders=true",
+                          fix="set rl.both_orders=true, or rl.order_consistency_weight=0")
     items = read_items(cfg.data.train, image_root=cfg.data.image_root, target_field=None,
                        max_pixels=cfg.model.max_pixels)
     items, flipped = with_label_noise(items, rc.stress.label_noise)
@@ -468,12 +472,13 @@ class Rewards:
     result: list[float]
     consistency: list[int]
     type: list[float]
+    order: list[float]  # rl.order_consistency_weight: agreement with the other order (0s when off)
     total: list[float]
     t_reward: float
 
 
 def _rewards(cfg: Config, ro: Rollout, checker, stats: ConsistencyStats) -> Rewards:
-    from r1rm.core.rewards import combine, format_reward, result_reward, type_reward
+    from r1rm.core.rewards import combine, format_reward, order_agreement, result_reward, type_reward
     from r1rm.runtime.consistency import consistency_scores
 
     rc = cfg.rl
@@ -488,10 +493,15 @@ def _rewards(cfg: Config, ro: Rollout, checker, stats: ConsistencyStats) -> Rewa
         cons[k] = c
     msrl = cfg.data.prompt == "msrl"
     typ = [type_reward(x, tt) if msrl else 0.0 for x, tt in zip(ro.texts, ro.task_types, strict=True)]
-    totals = [combine(fmt=f, result=r, consistency=c, type_score=ty, format_weight=rc.format_weight,
-                      consistency_weight=rc.consistency_weight, type_weight=rc.type_weight if msrl else 0.0) * v
-              for f, r, c, ty, v in zip(fmt, res, cons, typ, ro.valid, strict=True)]
-    return Rewards(fmt=fmt, result=res, consistency=cons, type=typ, total=totals, t_reward=time.perf_counter() - t0)
+    # both orders of an item are rolled out by the same process, one after the other (_rollout)
+    order = (order_agreement(res, ro.valid, rc.n_samples_per_prompt) if rc.order_consistency_weight
+             else [0.0] * len(res))
+    totals = [(combine(fmt=f, result=r, consistency=c, type_score=ty, format_weight=rc.format_weight,
+                       consistency_weight=rc.consistency_weight, type_weight=rc.type_weight if msrl else 0.0)
+               + rc.order_consistency_weight * o) * v
+              for f, r, c, ty, o, v in zip(fmt, res, cons, typ, order, ro.valid, strict=True)]
+    return Rewards(fmt=fmt, result=res, consistency=cons, type=typ, order=order, total=totals,
+                   t_reward=time.perf_counter() - t0)
 
 
 # ================================================================ 3. old and reference log-probs
@@ -737,7 +747,8 @@ def _metrics(t: Training, ro: Rollout, rw: Rewards, lp: LogProbs, adv, dropped, 
     acc = t.acc
     parsed = sum(1 for x, v in zip(ro.texts, ro.valid, strict=True) if v and extract_answer(x, allow_fallback=False).choice)
     local = {"reward": sum(rw.total), "format": sum(rw.fmt), "result": sum(rw.result),
-             "consistency": sum(rw.consistency), "type": sum(rw.type), "samples": max(sum(ro.valid), 1.0),
+             "consistency": sum(rw.consistency), "type": sum(rw.type), "order": sum(rw.order),
+             "samples": max(sum(ro.valid), 1.0),
              "parsed": float(parsed), "tokens": float(lp.mask.sum()), "dropped": float(dropped.sum()),
              "adv_abs": float((adv.abs() * lp.mask).sum()),
              "kl": float(lp.kl.sum()) if lp.kl is not None else 0.0, "clip_frac": upd["clip_frac"],
@@ -749,7 +760,8 @@ def _metrics(t: Training, ro: Rollout, rw: Rewards, lp: LogProbs, adv, dropped, 
     grad_norm = upd["grad_norm"]
     return {
         "reward": g["reward"] / nv, "reward_format": g["format"] / nv, "reward_result": g["result"] / nv,
-        "reward_consistency": g["consistency"] / nv, "reward_type": g["type"] / nv, "accuracy": g["result"] / nv,
+        "reward_consistency": g["consistency"] / nv, "reward_type": g["type"] / nv,
+        "reward_order_agreement": g["order"] / nv, "accuracy": g["result"] / nv,
         "parse_fail_rate": 1.0 - g["parsed"] / nv, "response_length": g["tokens"] / nv,
         "rollout_samples": int(g["samples"]), "label1_share": g["label1"] / nv, "adv_filtered": g["dropped"] / nt,
         "adv_abs_mean": g["adv_abs"] / nt,  # the advantages' fingerprint: mean |Â| over valid tokens

@@ -11,6 +11,7 @@ A malformed output is data: it earns what it earns, never an exception and never
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from r1rm.core.parsing import answer_matches, extract_answer, extract_tag, format_ok, format_ok_msrl
 from r1rm.core.prompts import PHRASE_TO_TASK_TYPE
@@ -69,6 +70,32 @@ def combine(*, fmt: float, result: float, consistency: float, type_score: float 
     """total = result × (1 + w_c × consistency) + w_f × format + w_t × type (METHOD §2, §6).
     With the paper's weights the total is one of {0, 0.5, 1, 1.5, 2}."""
     return result * (1.0 + consistency_weight * consistency) + format_weight * fmt + type_weight * type_score
+
+
+def order_agreement(results: Sequence[float], valid: Sequence[float], n: int) -> list[float]:
+    """rl.order_consistency_weight: per sample, 1 − |its result − the mean result of the same item's
+    valid samples in the other order|. `results` and `valid` run item by item, each item's n samples
+    as given, then its n samples with the responses swapped (rl.both_orders). A masked sample, or one
+    whose other order has no valid sample, gets 0.
+
+    A judge right in one order only (answering by position) earns 0 in both; right in both, or wrong in
+    both, earns 1: the term rewards order-independence, and the result term decides which side is right.
+    """
+    if n < 1 or len(results) != len(valid) or len(results) % (2 * n):
+        raise ValueError(f"{len(results)} results (valid: {len(valid)}) are not items of 2 x {n} samples")
+    out = [0.0] * len(results)
+    for start in range(0, len(results), 2 * n):
+        means = []
+        for o in (0, 1):
+            block = range(start + o * n, start + (o + 1) * n)
+            ok = [results[k] for k in block if valid[k]]
+            means.append(sum(ok) / len(ok) if ok else None)
+        for o in (0, 1):
+            other = means[1 - o]
+            for k in range(start + o * n, start + (o + 1) * n):
+                if valid[k] and other is not None:
+                    out[k] = 1.0 - abs(results[k] - other)
+    return out
 
 
 def judge_phrase(choice: int) -> str:

@@ -381,3 +381,21 @@ def test_stress_faults_reach_the_loss_and_the_metrics_stay_true(cli, tiny, data,
     assert all(x["reward"] >= 0 for x in r)
     assert json.loads((out / "summary.json").read_text())["stress_reward_outliers"] == r[-1]["stress_reward_outliers"] > 0
     assert sum(x["adv_filtered"] for x in r) > 0
+
+
+def test_order_consistency_reward_is_added_and_needs_both_orders(cli, tiny, data, tmp_path):
+    """rl.order_consistency_weight: with both orders rolled out, each sample's total gains w × its
+    agreement with the other order (reward_order_agreement). The untrained model is wrong in both
+    orders everywhere, so it agrees with itself: the total is 0.5 × format + w × agreement exactly;
+    without rl.both_orders the option is refused before anything is written."""
+    out = tmp_path / "oc"
+    proc = cli(*args(tiny, data, out, "rl.both_orders=true", "rl.order_consistency_weight=0.5"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = rows(out)
+    assert len(logged) == 2
+    for r in logged:
+        assert r["accuracy"] == 0 and r["reward_order_agreement"] == pytest.approx(1.0)
+        assert r["reward"] == pytest.approx(0.5 * r["reward_format"] + 0.5 * r["reward_order_agreement"], abs=1e-6)
+    proc = cli(*args(tiny, data, tmp_path / "one", "rl.both_orders=false", "rl.order_consistency_weight=0.5"))
+    assert proc.returncode == 2 and "rl.both_orders=true" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "one").exists()

@@ -69,3 +69,27 @@ def test_judge_request_and_reply():
     assert judge_request_text("<think>x</think>") is None
     assert read_judge_reply("1") == 1 and read_judge_reply("The answer is 0.") == -1
     assert read_judge_reply("yes") is None and read_judge_reply("10 or 11") is None
+
+
+def test_order_agreement_pays_order_independence_not_position():
+    from r1rm.core.rewards import order_agreement
+
+    n = 2
+    # item A: right in both orders; item B: right only when shown first (answers by position);
+    # item C: wrong in both orders; item D: half right in the swapped order
+    res = [1, 1, 1, 1,
+           1, 1, 0, 0,
+           0, 0, 0, 0,
+           1, 1, 1, 0]
+    valid = [1.0] * 16
+    got = order_agreement(res, valid, n)
+    assert got[0:4] == [1.0, 1.0, 1.0, 1.0]
+    assert got[4:8] == [0.0, 0.0, 0.0, 0.0]
+    assert got[8:12] == [1.0, 1.0, 1.0, 1.0]
+    assert got[12:16] == [0.5, 0.5, 1.0, 0.0]
+    # a masked sample earns 0 and counts in no mean; an order with no valid sample gives its partner 0
+    got = order_agreement([1, 0, 1, 1], [1.0, 0.0, 1.0, 1.0], 2)
+    assert got == [1.0, 0.0, 1.0, 1.0]
+    assert order_agreement([1, 1, 1, 1], [1.0, 1.0, 0.0, 0.0], 2) == [0.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="not items of 2 x 3"):
+        order_agreement([1, 0, 1, 0], [1.0] * 4, 3)
