@@ -4,7 +4,7 @@
 
 Prints a table of held-out accuracy (chosen-first, chosen-second, both-orders mean and
 strict, parse failures) for the untrained, SFT and RL models, the voting summary, and writes
-<demo>/report.md and <demo>/curves.png (SFT loss; RL reward and the RL run's periodic strict accuracy
+<demo>/report.md and <demo>/curves.png (SFT loss; RL rollout accuracy and the RL run's periodic strict accuracy
 on its data.eval — the validation split for `make demo`, whose kept checkpoint (rl.keep_best) is starred).
 """
 
@@ -86,7 +86,8 @@ def main(demo: Path) -> int:
     a.set_yscale("log")
     a.set_xlabel("SFT step")
     a.set_ylabel("loss (per supervised token)")
-    b.plot([r["step"] for r in rl], [r["reward"] / 2 for r in rl], label="rollout reward / 2")
+    # the rollout accuracy, not the reward: the reward's scale moves with the recipe's weights
+    b.plot([r["step"] for r in rl], [r["accuracy"] for r in rl], label="rollout accuracy")
     # the RL run's periodic eval is on its data.eval: the validation split it keeps its best
     # checkpoint by (make demo, rl.keep_best), or a held-out set for a run without keep_best
     best = demo / "rl" / "best" / "best.json"

@@ -26,7 +26,7 @@ def test_report_table_and_curves(tmp_path):
     (demo / "sft" / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 5)))
     (demo / "rl" / "best").mkdir(parents=True)
     (demo / "rl" / "metrics.jsonl").write_text("".join(
-        json.dumps({"step": s, "reward": 1.8, **({"eval/both_orders_strict": 0.93} if s % 2 == 0 else {})}) + "\n"
+        json.dumps({"step": s, "reward": 1.8, "accuracy": 0.9, **({"eval/both_orders_strict": 0.93} if s % 2 == 0 else {})}) + "\n"
         for s in range(1, 5)))
     (demo / "rl" / "best" / "best.json").write_text(json.dumps({"step": 2, "metric": "both_orders_strict", "value": 0.93}))
     assert report.main(demo) == 0
