@@ -18,7 +18,8 @@ def test_identity_holds_the_trajectory_settings_not_the_free_ones():
         assert free not in rl
     assert not any(k.startswith(("sft.", "eval.", "build.", "data.synthetic.")) for k in rl)
     sft = run_identity(load_config(ROOT / "recipes/tiny/sft_demo.yaml"), "sft")
-    assert sft["sft.lr"] == 3e-3 and "data.eval" not in sft and not any(k.startswith("rl.") for k in sft)
+    assert sft["sft.lr"] == 1.5e-3 and "data.eval" not in sft and not any(k.startswith("rl.") for k in sft)
+    assert "sft.keep_best" in sft and not any(k in sft for k in ("sft.eval_every_steps", "sft.eval_limit"))
 
 
 def test_changes_name_each_setting_with_both_values():
