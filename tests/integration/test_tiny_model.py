@@ -181,3 +181,26 @@ def test_head_count_option_builds_a_working_model(cli, tmp_path):
     for bad in ("3", "32"):
         proc = cli("tiny-model", tmp_path / f"h{bad}", "--heads", bad, "--no-check")
         assert proc.returncode == 2 and f"--heads {bad}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_width_option_sets_the_text_width_and_refuses_what_cannot_split(cli, tmp_path):
+    """`r1rm tiny-model --width 256 --heads 8`: a 256-wide text decoder (MLP 512) with 8 heads of 32
+    and the mrope split rescaled to head_dim 32; widths that are no multiple of 16, or that the head
+    count cannot split, are exit 2 naming the options."""
+    import json
+
+    from r1rm.models.tiny import TINY, with_heads
+
+    assert with_heads(TINY, 4, 128) == TINY
+    proc = cli("tiny-model", tmp_path / "w256", "--width", "256", "--heads", "8", "--no-check")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = json.loads((tmp_path / "w256" / "config.json").read_text())
+    text = cfg.get("text_config", cfg)
+    assert (text["hidden_size"], text["intermediate_size"], text["num_attention_heads"]) == (256, 512, 8)
+    rope = text.get("rope_parameters") or text.get("rope_scaling")
+    assert sum(rope["mrope_section"]) == 16  # head_dim 32 / 2
+    proc = cli("tiny-model", tmp_path / "w100", "--width", "100", "--no-check")
+    assert proc.returncode == 2 and "--width 100" in proc.stderr and "multiple of 16" in proc.stderr
+    proc = cli("tiny-model", tmp_path / "w3", "--width", "256", "--heads", "3", "--no-check")
+    assert proc.returncode == 2 and "--heads 3 --width 256" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "w100").exists() and not (tmp_path / "w3").exists()
