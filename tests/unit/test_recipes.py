@@ -95,6 +95,10 @@ def test_make_demo_chains_its_recipes():
     assert (sft.sft.max_steps, sft.sft.batch_size, sft.sft.micro_batch_size) == (1000, 16, 16)
     assert rl.rl.keep_best and rl.rl.eval_every_steps and rl.rl.max_steps % rl.rl.eval_every_steps == 0
     assert synth.data.synthetic.n_val > 0 and synth.data.synthetic.teacher_error > 0
+    # the flaw README and docs/training.md describe: a position-biased teacher on purple scenes, which
+    # RL fixes under consistency weight 1.0 without the order-consistency term (the 2026-12-06 record)
+    assert (synth.data.synthetic.teacher_mistake, list(synth.data.synthetic.teacher_blind)) == ("position", ["purple"])
+    assert (rl.rl.consistency_weight, rl.rl.order_consistency_weight) == (1.0, 0.0)
     abl = plan("ablation-stability", "-B")
     assert "tiny-model out/tiny4/model" in abl and "--base out/ablation/base" in abl
     assert "--base-model out/tiny4/model" in abl
