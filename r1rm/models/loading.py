@@ -50,11 +50,25 @@ def _check_path(path: str) -> None:
     if not path:
         raise ConfigError("model.path is empty", fix="set model.path to a checkpoint folder (r1rm tiny-model OUT makes one)")
     p = Path(path)
-    if (p.is_absolute() or path.startswith(".") or p.exists()) and not (p / "config.json").is_file():
-        raise ModelLoadError(
-            f"no model checkpoint at '{path}' (config.json missing)",
-            fix="point model.path to a Hugging Face-format folder, or run `r1rm tiny-model PATH` first",
-        )
+    # a hub id is "name" or "namespace/name": a path with two slashes or more can only be a folder
+    local = p.is_absolute() or path.startswith(".") or p.exists() or path.strip("/").count("/") >= 2
+    if local and not (p / "config.json").is_file():
+        raise ModelLoadError(f"no model checkpoint at '{path}' ({_what_is_there(p)})",
+                             fix="point model.path to a Hugging Face-format folder, or run `r1rm tiny-model PATH` first")
+
+
+def _what_is_there(p: Path) -> str:
+    """Why `p` is no checkpoint folder: config.json missing, or the folder absent, with the nearest
+    folder above it that exists (and whether that one is a checkpoint)."""
+    if p.is_dir():
+        return "config.json missing"
+    if p.exists():
+        return "a file, not a folder"
+    parent = next((q for q in p.parents if q.is_dir()), None)
+    if parent is None or str(parent) == ".":
+        return "no such folder"
+    held = ", which holds a checkpoint (config.json)" if (parent / "config.json").is_file() else ""
+    return f"no such folder; the nearest that exists is '{parent}'{held}"
 
 
 def check_model(path: str, **hub):

@@ -28,12 +28,26 @@ def test_load_model_cpu_float32(tiny):
 
 
 def test_bad_paths_are_user_errors(tmp_path):
-    with pytest.raises(ModelLoadError, match="config.json missing"):
+    with pytest.raises(ModelLoadError, match=r"no model checkpoint at .*nowhere.*\(no such folder;"):
         load_model(str(tmp_path / "nowhere"))
     with pytest.raises(ModelLoadError, match="config.json missing"):
         load_processor(str(tmp_path))
     with pytest.raises(ConfigError, match="model.path is empty"):
         load_model("")
+
+
+def test_a_missing_folder_names_the_nearest_one_that_exists(tiny, tmp_path):
+    """A path no hub id can be (two slashes or more) that does not exist: the error says so and names
+    the nearest existing folder above it, and whether that one is a checkpoint (a user who typed
+    .../step-N/model for .../step-N), instead of the hub's "Repo id must be in the form" message."""
+    with pytest.raises(ModelLoadError) as e:
+        load_model(f"{tiny}/model")
+    assert f"no such folder; the nearest that exists is '{tiny}', which holds a checkpoint" in str(e.value)
+    with pytest.raises(ModelLoadError, match=f"nearest that exists is '{tmp_path}'\\)"):
+        load_processor(str(tmp_path / "a" / "b"))
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ModelLoadError, match="a file, not a folder"):
+        load_model(str(tmp_path / "f"))
 
 
 def test_tiny_model_command_builds_and_checks(cli, tmp_path):
