@@ -109,6 +109,25 @@ def test_readme_shows_the_two_setup_commands():
     assert "make demo" in block and "make test" in block
 
 
+def test_readme_states_the_demo_range_the_report_prints():
+    """README's demo range is scripts/demo_expected.json's, the file `make demo`'s closing lines compare
+    a run against: the two cannot drift apart (issue 25: README states the measured range)."""
+    import json
+
+    want = json.loads((ROOT / "scripts" / "demo_expected.json").read_text())
+    flat = " ".join(README.replace("**", "").split())
+
+    def signed(x: float) -> str:
+        return f"−{-x:g}" if x < 0 else f"+{x:g}"
+
+    for key, said in (("after_sft", "after SFT"), ("after_rl", "after RL")):
+        r = want[key]
+        assert f"{said} {r['min']:g}–{r['max']:g} % (median {r['median']:g})" in flat, key
+    g = want["rl_gain"]
+    assert f"RL gain {signed(g['min'])} to {signed(g['max'])} points" in flat
+    assert want["record"] in README
+
+
 def test_readme_is_a_front_door():
     lines = README.splitlines()
     assert len(lines) <= 300, f"README.md has {len(lines)} lines; move reference text to docs/"
