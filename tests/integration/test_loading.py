@@ -50,6 +50,16 @@ def test_a_missing_folder_names_the_nearest_one_that_exists(tiny, tmp_path):
         load_model(str(tmp_path / "f"))
 
 
+def test_cli_names_the_checkpoint_one_folder_up_and_exits_2(cli, tiny, tmp_path):
+    """The same through `r1rm eval`: exit 2, the message and its fix, no traceback, no output folder."""
+    out = tmp_path / "eval"
+    proc = cli("eval", f"model.path={tiny}/model", f"output_dir={out}", "data.eval=[x.jsonl]")
+    assert proc.returncode == 2
+    assert f"the nearest that exists is '{tiny}', which holds a checkpoint" in proc.stderr
+    assert "fix: point model.path" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
 def test_tiny_model_command_builds_and_checks(cli, tmp_path):
     proc = cli("tiny-model", tmp_path / "m", "--seed", "1")
     assert proc.returncode == 0, proc.stderr
